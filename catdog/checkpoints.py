@@ -1,0 +1,85 @@
+"""Safe checkpoint loading (never unpickles code) and checkpoint-path resolution."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from catdog.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+BEST_NAME = "best.ckpt"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, so a crafted file cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects that could run code, and catdog only "
+            f"loads tensors and plain values (weights_only=True). Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path} is not a catdog checkpoint (no state_dict / hyper_parameters)")
+    return ckpt
+
+
+def load_classifier(path: str | os.PathLike, expect_arch: str | None = None, expect_classes=None):
+    """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint)."""
+    from catdog.module import ClassifierModule
+
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt["hyper_parameters"])
+    if expect_arch is not None and hp.get("arch") != expect_arch:
+        raise CheckpointError(f"{path} holds a {hp.get('arch')} model, but model.arch={expect_arch} was asked for")
+    if expect_classes is not None and list(hp.get("classes", [])) != list(expect_classes):
+        raise CheckpointError(
+            f"{path} was trained on classes {hp.get('classes')}, but the data has {list(expect_classes)}"
+        )
+    hp["weights"] = None
+    try:
+        model = ClassifierModule(**hp)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not match catdog's model: {exc}") from None
+    model.checkpoint_path = str(path)
+    model.datamodule_hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return model.eval()
+
+
+def find_latest_checkpoint(outputs: str | os.PathLike = "outputs") -> Path:
+    """The most recently written ``best.ckpt`` under ``outputs``."""
+    outputs = Path(outputs)
+    found = (
+        sorted(outputs.glob(f"**/checkpoints/{BEST_NAME}"), key=lambda p: p.stat().st_mtime) if outputs.is_dir() else []
+    )
+    if not found:
+        raise CheckpointError(f"ckpt=latest: no {BEST_NAME} under {outputs.resolve()}; train first or pass ckpt=PATH")
+    return found[-1]
+
+
+def resolve_checkpoint(ckpt: str, outputs: str | os.PathLike = "outputs") -> Path:
+    """``latest`` -> newest best checkpoint; a run folder -> its ``checkpoints/best.ckpt``; else the file itself."""
+    if ckpt == "latest":
+        return find_latest_checkpoint(outputs)
+    path = Path(ckpt).expanduser()
+    if path.is_dir():
+        candidate = path / "checkpoints" / BEST_NAME
+        if candidate.is_file():
+            return candidate
+        raise CheckpointError(f"ckpt={path} is a folder without checkpoints/{BEST_NAME}")
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={path}: no such file")
+    return path

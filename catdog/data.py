@@ -1,0 +1,240 @@
+"""Datasets and the LightningDataModule: folder layouts, validation split or k-fold, bad-image policy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from catdog.demo import make_demo_dataset
+from catdog.errors import BadImageError, ConfigError, DatasetError
+from catdog.images import find_bad_images, format_bad_images, load_image
+from catdog.layouts import LabelledImages, detect_layout
+from catdog.splits import content_groups, fold_indices, kfold_assignments, stratified_split
+from catdog.transforms import eval_resize_size, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("skip", "error")
+VERIFY_MODES = ("full", "header", "none")
+
+
+def check_policy(value: str, key: str = "data.on_bad_image") -> str:
+    if value not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"{key} must be one of {list(BAD_IMAGE_POLICIES)}, got {value!r}")
+    return value
+
+
+class ImageDataset(Dataset):
+    """Images (and optional labels) -> ``(uint8 CHW tensor, label, index)``.
+
+    With ``on_bad_image="skip"`` an image that fails to decode yields ``None`` (dropped by :func:`collate_skip_none`)
+    and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        labels: Sequence[int] | None,
+        transform: Callable,
+        on_bad_image: str = "skip",
+        draft_size: int | None = None,
+    ):
+        self.paths = [str(p) for p in paths]
+        self.labels = list(labels) if labels is not None else None
+        self.transform = transform
+        self.on_bad_image = check_policy(on_bad_image)
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            image = load_image(path, draft_size=self.draft_size)
+        except BadImageError as exc:
+            if self.on_bad_image == "error":
+                raise
+            warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
+            return None
+        x = self.transform(image)
+        label = self.labels[index] if self.labels is not None else -1
+        return x, label, index
+
+
+def collate_skip_none(batch):
+    """Default collate after dropping skipped (``None``) samples; an all-bad batch becomes an empty batch."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return (
+            torch.empty(0, 3, 1, 1, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+        )
+    return default_collate(batch)
+
+
+def default_num_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate_skip_none,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
+class CatDogDataModule(pl.LightningDataModule):
+    """Labelled images under ``dir`` (see :mod:`catdog.layouts`), split into train/val.
+
+    The split is the separate validation folder when there is one; otherwise a stratified, seeded ``val_fraction``
+    split, or fold ``fold`` of ``folds`` (both keep duplicate files together).
+    """
+
+    def __init__(
+        self,
+        dir: str = "data",
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        val_fraction: float = 0.2,
+        folds: int | None = None,
+        fold: int | None = None,
+        seed: int = 42,
+        on_bad_image: str = "skip",
+        verify: str = "full",
+        demo: bool = False,
+        augment: dict | None = None,
+    ):
+        super().__init__()
+        check_data_config(
+            image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
+            on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size,
+        )  # fmt: skip
+        self.save_hyperparameters(logger=False)
+        self.root = Path(dir).expanduser()
+        self.augment = dict(augment or {})
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.classes: list[str] | None = None
+        self.train_set: LabelledImages | None = None
+        self.val_set: LabelledImages | None = None
+        self.fold_assignment: list[int] | None = None
+        self.all_labelled: LabelledImages | None = None
+        self.bad_images: list[tuple[str, str]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if hp.demo:
+            make_demo_dataset(self.root)
+        layout = detect_layout(self.root)
+        self.classes = layout.train.classes
+        train, val = layout.train, layout.validation
+        train, val = self._drop_bad(train), self._drop_bad(val) if val is not None else None
+        if hp.folds:
+            if val is not None:
+                raise ConfigError(
+                    f"data.folds={hp.folds} needs one labelled folder, but {self.root} also has a validation folder; "
+                    "k-fold splits train/ itself"
+                )
+            groups = content_groups(train.paths)
+            self.fold_assignment = kfold_assignments(train.labels, hp.folds, hp.seed, groups)
+            tr_idx, val_idx = fold_indices(self.fold_assignment, hp.fold or 0)
+            self.all_labelled = train
+            train, val = train.subset(tr_idx), train.subset(val_idx)
+        elif val is None:
+            groups = content_groups(train.paths)
+            tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, groups)
+            train, val = train.subset(tr_idx), train.subset(val_idx)
+        self.train_set, self.val_set = train, val
+        counts = {c: train.labels.count(i) for i, c in enumerate(self.classes)}
+        log.info(
+            "data: %s layout in %s; classes %s; %d train %s, %d validation; %d unreadable image(s) skipped",
+            layout.layout, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
+        )  # fmt: skip
+
+    def _drop_bad(self, images: LabelledImages) -> LabelledImages:
+        mode = self.hparams.verify
+        if mode == "none":
+            return images
+        bad = find_bad_images(images.paths, full=mode == "full", workers=max(2, self.num_workers))
+        if not bad:
+            return images
+        if self.hparams.on_bad_image == "error":
+            raise BadImageError(
+                bad[0][0], f"{len(bad)} unreadable image(s) (data.on_bad_image=error):\n{format_bad_images(bad)}"
+            )
+        self.bad_images += bad
+        log.warning("skipping %d unreadable image(s):\n%s", len(bad), format_bad_images(bad))
+        bad_paths = {p for p, _ in bad}
+        keep = [i for i, p in enumerate(images.paths) if p not in bad_paths]
+        if len({images.labels[i] for i in keep}) < 2:
+            raise DatasetError(f"after skipping unreadable images, fewer than two classes remain in {self.root}")
+        return images.subset(keep)
+
+    # ----- loaders -------------------------------------------------------------------------------------------------
+    def _draft(self) -> int:
+        return eval_resize_size(self.hparams.image_size, self.hparams.crop_pct)
+
+    def train_dataset(self) -> ImageDataset:
+        transform = train_transform(self.hparams.image_size, **self.augment)
+        return ImageDataset(
+            self.train_set.paths, self.train_set.labels, transform, self.hparams.on_bad_image, self._draft()
+        )
+
+    def val_dataset(self) -> ImageDataset:
+        transform = eval_transform(self.hparams.image_size, self.hparams.crop_pct)
+        return ImageDataset(
+            self.val_set.paths, self.val_set.labels, transform, self.hparams.on_bad_image, self._draft()
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        drop_last = len(self.train_set) > self.hparams.batch_size
+        return make_loader(
+            self.train_dataset(), self.hparams.batch_size, self.num_workers, shuffle=True, drop_last=drop_last
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        bs = self.hparams.eval_batch_size or self.hparams.batch_size * 2
+        return make_loader(self.val_dataset(), bs, self.num_workers)
+
+
+def check_data_config(
+    image_size, batch_size, val_fraction, folds, fold, on_bad_image, verify, eval_batch_size=None
+) -> None:
+    """Validate data settings before anything is read; each error names its key and the allowed values."""
+    if not isinstance(image_size, int) or image_size < 32:
+        raise ConfigError(f"data.image_size must be an integer >= 32, got {image_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
+        raise ConfigError(f"data.eval_batch_size must be a positive integer or null, got {eval_batch_size!r}")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction!r}")
+    if folds is not None:
+        if not isinstance(folds, int) or folds < 2:
+            raise ConfigError(f"data.folds must be an integer >= 2 or null, got {folds!r}")
+        if fold is not None and (not isinstance(fold, int) or not 0 <= fold < folds):
+            raise ConfigError(f"data.fold must be in 0..{folds - 1} (data.folds={folds}), got {fold!r}")
+    elif fold is not None:
+        raise ConfigError(f"data.fold={fold} needs data.folds (the number of folds) to be set")
+    check_policy(on_bad_image)
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"data.verify must be one of {list(VERIFY_MODES)}, got {verify!r}")

@@ -1,0 +1,47 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from catdog.errors import CatdogError
+
+
+class OutputExistsError(CatdogError, FileExistsError):
+    """Refusing to overwrite an existing output file."""
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool, key: str = "output") -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; choose another {key}= or pass overwrite=true")
+    if path.is_dir():
+        raise OutputExistsError(f"{key}={path} is a folder, not a file")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
+    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)

@@ -1,0 +1,202 @@
+"""Find labelled and unlabelled images on disk, whatever layout the user has.
+
+Labelled layouts, detected from what is on disk under the dataset root:
+
+* ``folders``: ``train/<class>/*`` and ``validation/<class>/*`` (the original Keras layout).
+* ``flat``: Kaggle's ``train/cat.1.jpg``, ``train/dog.1.jpg``; the class is the file-name prefix before the first dot.
+* ``class_folders``: ``train/<class>/*`` alone; the validation split is made after loading.
+
+A flat ``train/`` may also come with a ``validation/`` folder of either kind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catdog.errors import DatasetError
+from catdog.images import is_image_file, list_image_files
+
+VALIDATION_DIR_NAMES = ("validation", "val", "valid")
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Image paths with integer labels indexing ``classes`` (sorted class names)."""
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    layout: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices) -> LabelledImages:
+        return LabelledImages(
+            [self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes, self.layout
+        )
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """What was found under a dataset root: the labelled training images and, if present, a separate validation set."""
+
+    train: LabelledImages
+    validation: LabelledImages | None
+    layout: str
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    with os.scandir(folder) as it:
+        return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith((".", "_")))
+
+
+def _require_dir(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise DatasetError(f"{what} folder not found: {folder}")
+    if not folder.is_dir():
+        raise DatasetError(f"{what} is not a folder: {folder}")
+
+
+def read_class_folders(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
+    """``folder/<class>/*`` -> labelled images; classes are the sorted subfolder names unless given."""
+    folder = Path(folder)
+    _require_dir(folder, "labelled")
+    subdirs = _visible_subdirs(folder)
+    found = [d.name for d in subdirs]
+    if classes is None:
+        classes = found
+    elif sorted(found) != sorted(classes):
+        raise DatasetError(f"{folder} has class folders {found}, but the training classes are {classes}")
+    _check_class_count(classes, folder)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = list_image_files(folder / name)
+        if not files:
+            raise DatasetError(f"class folder {folder / name} holds no images (expected {', '.join(_EXT_HINT)})")
+        paths += [str(p) for p in files]
+        labels += [label] * len(files)
+    return LabelledImages(paths, labels, list(classes), "class_folders")
+
+
+_EXT_HINT = (".jpg", ".png", "...")
+_FLAT_NAME = re.compile(r"^([^.]+)\..+\.[A-Za-z0-9]+$")
+
+
+def read_flat_folder(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
+    """Kaggle's flat layout: ``folder/<class>.<id>.<ext>``; class = prefix before the first dot."""
+    folder = Path(folder)
+    files = list_image_files(folder)
+    if not files:
+        raise DatasetError(f"no images in {folder}")
+    names = []
+    unlabelled = []
+    for f in files:
+        m = _FLAT_NAME.match(f.name)
+        if m is None:
+            unlabelled.append(f.name)
+        names.append(m.group(1).lower() if m else None)
+    if unlabelled:
+        example = ", ".join(unlabelled[:3])
+        raise DatasetError(
+            f"unknown layout in {folder}: {len(unlabelled)} of {len(files)} files are not named <class>.<id>.<ext> "
+            f"(e.g. {example}). Use Kaggle's flat names (cat.1.jpg) or one subfolder per class (train/cat/1.jpg)."
+        )
+    found = sorted(set(names))
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DatasetError(f"{folder} has classes {extra} that are not among the training classes {classes}")
+    _check_class_count(classes, folder)
+    index = {c: i for i, c in enumerate(classes)}
+    return LabelledImages([str(f) for f in files], [index[n] for n in names], list(classes), "flat")
+
+
+def _check_class_count(classes: list[str], folder: Path) -> None:
+    if len(classes) < 2:
+        found = f"only one class ({classes[0]!r})" if classes else "no classes"
+        raise DatasetError(f"{folder} has {found}: a classifier needs at least two")
+
+
+def read_labelled(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
+    """Read a labelled folder in either the class-folder or the flat layout."""
+    folder = Path(folder)
+    _require_dir(folder, "labelled")
+    subdirs = _visible_subdirs(folder)
+    has_images = any(is_image_file(e) for e in os.listdir(folder))
+    if subdirs and has_images:
+        raise DatasetError(
+            f"unknown layout in {folder}: it holds both images and subfolders "
+            f"({', '.join(d.name for d in subdirs[:3])}); "
+            "use either one subfolder per class or Kaggle's flat <class>.<id>.jpg names"
+        )
+    if subdirs:
+        return read_class_folders(folder, classes)
+    if has_images:
+        return read_flat_folder(folder, classes)
+    raise DatasetError(f"no images in {folder} (neither class subfolders nor <class>.<id>.jpg files)")
+
+
+def find_validation_dir(root: str | os.PathLike) -> Path | None:
+    for name in VALIDATION_DIR_NAMES:
+        candidate = Path(root) / name
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def detect_layout(root: str | os.PathLike) -> DatasetLayout:
+    """Read ``root/train`` (and ``root/validation`` if present) in whichever layout they use."""
+    root = Path(root)
+    _require_dir(root, "dataset root (data.dir)")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DatasetError(
+            f"no train/ folder in {root}: data.dir must hold train/ (train/<class>/*.jpg or train/cat.1.jpg ...), "
+            "optionally validation/ and test/"
+        )
+    train = read_labelled(train_dir)
+    val_dir = find_validation_dir(root)
+    if val_dir is None:
+        name = "flat" if train.layout == "flat" else "class_folders"
+        return DatasetLayout(train, None, name)
+    validation = read_labelled(val_dir, classes=train.classes)
+    return DatasetLayout(train, validation, "folders")
+
+
+def find_unlabelled(folder: str | os.PathLike) -> list[Path]:
+    """Images for prediction: directly in ``folder``, or in its single subfolder (Keras' ``test/test/``)."""
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    _require_dir(folder, "prediction input")
+    files = list_image_files(folder)
+    if not files:
+        subdirs = _visible_subdirs(folder)
+        if len(subdirs) == 1:
+            files = list_image_files(subdirs[0])
+        elif len(subdirs) > 1:
+            raise DatasetError(
+                f"unknown layout in {folder}: no images directly inside and {len(subdirs)} subfolders; "
+                "put the images in the folder itself or in one subfolder"
+            )
+    if not files:
+        raise DatasetError(f"no images in {folder}")
+    return files
+
+
+def image_ids(paths: list[Path]) -> list[str]:
+    """Id of each image = file stem; duplicate stems are an error naming both files."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        stem = Path(p).stem
+        if stem in seen:
+            raise DatasetError(f"two images share the id {stem!r}: {seen[stem]} and {p}")
+        seen[stem] = Path(p)
+    return list(seen)

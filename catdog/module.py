@@ -1,0 +1,213 @@
+"""The LightningModule: a VGG16(-BN) classifier with staged fine-tuning and device-side normalization."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import hydra.utils
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from catdog.errors import ConfigError
+from catdog.metrics import accuracy, log_loss
+from catdog.models import build_network
+from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from catdog.tta import average_views, check_tta, make_views
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
+DEFAULT_FINETUNE = {"head_epochs": 1, "blocks": 1, "lr_factor": 0.1}
+SCHEDULERS = (None, "none", "cosine")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python, so checkpoints hold only primitives (loadable with weights_only)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class ClassifierModule(pl.LightningModule):
+    """Fine-tunes a VGG16(-BN) on ``classes``.
+
+    Staged fine-tuning (``finetune``): for ``head_epochs`` epochs only the head trains on the frozen conv base; then the
+    last ``blocks`` conv blocks are unfrozen and train at ``lr * lr_factor``. The optimizer holds every param group from
+    the start (frozen parameters have no gradient, so they are not updated), so resuming mid-run needs no special case.
+    BatchNorm layers of frozen blocks stay in eval mode: they keep the pretrained running statistics.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        arch: str = "vgg16_bn",
+        weights: str | None = None,
+        head: str = "small",
+        head_hidden: int = 256,
+        dropout: float = 0.5,
+        width: float = 1.0,
+        optimizer: dict | None = None,
+        scheduler: str | None = None,
+        finetune: dict | None = None,
+        label_smoothing: float = 0.0,
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        channels_last: bool = True,
+    ):
+        super().__init__()
+        optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
+        finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
+        classes = list(_plain(classes))
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+        if float(optimizer.get("lr", 0)) <= 0:
+            raise ConfigError(f"model.optimizer.lr must be > 0, got {optimizer.get('lr')}")
+        if int(finetune["head_epochs"]) < 0:
+            raise ConfigError(f"model.finetune.head_epochs must be >= 0, got {finetune['head_epochs']}")
+        if not 0 <= int(finetune["blocks"]) <= 5 and int(finetune["blocks"]) != -1:
+            raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {finetune['blocks']}")
+        self.save_hyperparameters(
+            {
+                "classes": classes,
+                "arch": arch,
+                "weights": _plain(weights),
+                "head": head,
+                "head_hidden": int(head_hidden),
+                "dropout": float(dropout),
+                "width": float(width),
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "finetune": finetune,
+                "label_smoothing": float(label_smoothing),
+                "image_size": int(image_size),
+                "crop_pct": float(crop_pct),
+                "mean": [float(v) for v in _plain(mean)],
+                "std": [float(v) for v in _plain(std)],
+                "channels_last": bool(channels_last),
+            }
+        )
+        self.net = build_network(arch, len(classes), weights, head, head_hidden, dropout, width)
+        self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.tta = 0
+        self._val_probs: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    # ----- structure -----------------------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.hparams.classes)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.net.backbone
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.net.head
+
+    def _finetune_blocks(self) -> list[torch.nn.Module]:
+        n = int(self.hparams.finetune["blocks"])
+        blocks = self.net.blocks()
+        return blocks if n == -1 else blocks[len(blocks) - n :] if n else []
+
+    def apply_stage(self, epoch: int) -> None:
+        """Freeze or unfreeze the backbone for ``epoch``: a pure function of the epoch, so resume needs no state."""
+        unfrozen = epoch >= int(self.hparams.finetune["head_epochs"])
+        trainable = {id(p) for b in self._finetune_blocks() for p in b.parameters()} if unfrozen else set()
+        for p in self.net.backbone.parameters():
+            p.requires_grad_(id(p) in trainable)
+        self._freeze_bn_stats()
+
+    def _freeze_bn_stats(self) -> None:
+        for m in self.net.backbone.modules():
+            if isinstance(m, _BatchNorm) and m.weight is not None and not m.weight.requires_grad:
+                m.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._freeze_bn_stats()
+        return self
+
+    # ----- forward -------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = normalize(x, self.mean, self.std)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def predict_proba(self, x: torch.Tensor, tta: int = 0) -> torch.Tensor:
+        """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass."""
+        views = make_views(x, check_tta(tta))
+        probs = F.softmax(self(views).float(), dim=1)
+        return average_views(probs, tta + 1)
+
+    # ----- training ------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.apply_stage(self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_stage(self.current_epoch)
+        head_epochs = int(self.hparams.finetune["head_epochs"])
+        if self.current_epoch == head_epochs and head_epochs > 0 and self._finetune_blocks():
+            log.info(
+                "epoch %d: unfreezing the last %s conv block(s)", self.current_epoch, self.hparams.finetune["blocks"]
+            )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        if x.numel() == 0:  # every image of the batch was unreadable and skipped
+            return None
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        if x.numel() == 0:
+            return
+        logits = self(x)
+        self._val_probs.append(F.softmax(logits.float(), dim=1).detach().cpu())
+        self._val_targets.append(y.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
+        self._val_probs, self._val_targets = [], []
+        self.log("val/logloss", log_loss(probs, targets), prog_bar=True)
+        self.log("val/acc", accuracy(probs, targets), prog_bar=True)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return self.predict_proba(batch[0], self.tta)
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.hparams.optimizer)
+        lr = float(opt_cfg["lr"])
+        factor = float(self.hparams.finetune["lr_factor"])
+        groups = [{"params": list(self.net.head.parameters()), "lr": lr, "name": "head"}]
+        block_params = [p for b in self._finetune_blocks() for p in b.parameters()]
+        if block_params:
+            groups.append({"params": block_params, "lr": lr * factor, "name": "backbone"})
+        optimizer = hydra.utils.get_class(opt_cfg.pop("_target_"))(groups, **opt_cfg)
+        if self.hparams.scheduler == "cosine":
+            max_epochs = (
+                self.trainer.max_epochs
+                if self.trainer and self.trainer.max_epochs and self.trainer.max_epochs > 0
+                else 1
+            )
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return optimizer

@@ -1,0 +1,144 @@
+"""``predict(cfg)``: checkpoint + images -> submission CSV, or accuracy / log loss on a labelled folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from catdog.checkpoints import load_classifier, resolve_checkpoint
+from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
+from catdog.errors import BadImageError, ConfigError, DatasetError
+from catdog.fileio import atomic_write_text, check_writable
+from catdog.images import find_bad_images, format_bad_images
+from catdog.layouts import find_unlabelled, image_ids, read_labelled
+from catdog.metrics import accuracy, log_loss
+from catdog.submission import check_clip, clip_probs, submission_text, write_submission
+from catdog.transforms import eval_resize_size, eval_transform
+from catdog.tta import check_tta
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA GPU is available")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def predict_loader(model, loader, tta: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, K), dataset indices (N,)) over a loader of ``(x, label, index)`` batches."""
+    model.to(device).eval()
+    model.tta = tta
+    autocast = device.type == "cuda"
+    dtype = torch.bfloat16 if autocast and torch.cuda.is_bf16_supported() else torch.float16
+    probs, indices = [], []
+    for x, _, idx in loader:
+        if x.numel() == 0:
+            continue
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            p = model.predict_proba(x, tta)
+        probs.append(p.float().cpu())
+        indices.append(idx)
+    if not probs:
+        return np.zeros((0, len(model.classes))), np.zeros(0, dtype=np.int64)
+    return torch.cat(probs).numpy().astype(np.float64), torch.cat(indices).numpy()
+
+
+def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[str, str]]]:
+    """Decode every image before any compute; error lists all bad files, skip drops them."""
+    bad = find_bad_images(paths, full=True, workers=max(2, workers))
+    if bad and policy == "error":
+        raise BadImageError(
+            bad[0][0],
+            f"{len(bad)} of {len(paths)} image(s) cannot be decoded; nothing was predicted "
+            f"(pass on_bad_image=skip to predict the rest):\n{format_bad_images(bad, limit=1000)}",
+        )
+    bad_set = {p for p, _ in bad}
+    return [p for p in paths if str(p) not in bad_set], bad
+
+
+def _default_input(model) -> Path:
+    root = model.datamodule_hparams.get("dir")
+    if not root:
+        raise ConfigError("input= is required: the checkpoint does not say which dataset it was trained on")
+    return Path(root) / "test"
+
+
+def predict(cfg: DictConfig):
+    tta = check_tta(cfg.tta)
+    clip = check_clip(cfg.clip)
+    policy = check_policy(cfg.on_bad_image, "on_bad_image")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    device = resolve_device(cfg.device)
+    output = check_writable(cfg.output, cfg.overwrite)
+    workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
+    ckpt = resolve_checkpoint(cfg.ckpt, cfg.paths.log_dir)
+    model = load_classifier(ckpt)
+    log.info("loaded %s: %s, classes %s", ckpt, model.hparams.arch, model.classes)
+    source = Path(cfg.input) if cfg.input else _default_input(model)
+
+    if cfg.labelled:
+        images = read_labelled(source, classes=model.classes)
+        paths, labels = images.paths, images.labels
+    else:
+        paths, labels = [str(p) for p in find_unlabelled(source)], None
+    ids = image_ids(paths)
+    id_of = dict(zip(paths, ids))
+    kept, bad = _screen(paths, policy, workers)
+    if not kept:
+        raise DatasetError(f"no readable images in {source}")
+    if labels is not None:
+        label_of = dict(zip(paths, labels))
+        labels = [label_of[p] for p in kept]
+
+    hp = model.hparams
+    transform = eval_transform(hp.image_size, hp.crop_pct)
+    dataset = ImageDataset(kept, labels, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
+    loader = make_loader(dataset, cfg.batch_size, workers)
+    probs, order = predict_loader(model, loader, tta, device)
+    probs = clip_probs(probs, clip)
+    kept_ids = [id_of[kept[i]] for i in order]
+    if bad:
+        missing = sorted(id_of[p] for p, _ in bad)
+        log.warning("%d image(s) skipped as unreadable; ids missing from the output: %s", len(bad), ", ".join(missing))
+
+    if labels is not None:
+        return _report(
+            probs, np.asarray([labels[i] for i in order]), kept_ids, model.classes, tta, output, cfg.overwrite
+        )
+    path = write_submission(output, kept_ids, probs, model.classes, overwrite=cfg.overwrite)
+    log.info("wrote %d predictions (tta=%d) to %s", len(kept_ids), tta, path)
+    print(f"wrote {path}")
+    return path
+
+
+def _report(probs, targets, ids, classes, tta, output: Path, overwrite: bool) -> dict[str, float]:
+    """Print accuracy and log loss for a labelled folder; write per-image predictions with their labels."""
+    p, t = torch.from_numpy(probs), torch.from_numpy(targets)
+    scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
+    table = "\n".join(
+        [
+            "| images | tta | accuracy | log loss |",
+            "|-------:|----:|---------:|---------:|",
+            f"| {len(ids)} | {tta} | {scores['accuracy']:.4f} | {scores['log_loss']:.4f} |",
+        ]
+    )
+    print(table)
+    text = submission_text(ids, probs, classes).splitlines()
+    label_of = dict(zip(ids, (classes[i] for i in targets)))
+    rows = [text[0] + ",true_label"] + [f"{line},{label_of[line.split(',', 1)[0]]}" for line in text[1:]]
+    check_writable(output, overwrite)
+    atomic_write_text(output, "\n".join(rows) + "\n")
+    print(f"wrote {output}")
+    return scores

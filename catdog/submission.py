@@ -1,0 +1,73 @@
+"""Kaggle-style submission files: ``id,label`` for two classes, one probability column per class otherwise."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from catdog.errors import ConfigError
+from catdog.fileio import atomic_write_text, check_writable
+
+
+def id_sort_key(image_id: str):
+    """Numeric ids sort numerically (2 before 10), others by text after them."""
+    return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+
+
+def check_clip(clip: Sequence[float] | None) -> tuple[float, float] | None:
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"clip must be [lo, hi] with 0 < lo < 0.5 < hi < 1 (e.g. [0.005, 0.995]), got {clip!r}"
+        ) from None
+    if not (0.0 < lo < 0.5 < hi < 1.0):
+        raise ConfigError(f"clip must be [lo, hi] with 0 < lo < 0.5 < hi < 1 (e.g. [0.005, 0.995]), got {list(clip)}")
+    return lo, hi
+
+
+def clip_probs(probs: np.ndarray, clip: Sequence[float] | None) -> np.ndarray:
+    """Clamp probabilities to [lo, hi] (bounds the log loss of confident mistakes) and renormalize rows."""
+    bounds = check_clip(clip)
+    if bounds is None:
+        return probs
+    p = np.clip(probs, *bounds)
+    if p.shape[1] == 2:  # keep the two columns complementary so the written P(class 1) is exactly clamped
+        p[:, 0] = 1.0 - p[:, 1]
+        return p
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def submission_text(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> str:
+    order = sorted(range(len(ids)), key=lambda i: id_sort_key(ids[i]))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    if len(classes) == 2:
+        w.writerow(["id", "label"])
+        for i in order:
+            w.writerow([ids[i], f"{probs[i, 1]:.6f}"])
+    else:
+        w.writerow(["id", *classes])
+        for i in order:
+            w.writerow([ids[i], *(f"{v:.6f}" for v in probs[i])])
+    return out.getvalue()
+
+
+def write_submission(
+    path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], overwrite: bool = False
+) -> Path:
+    """Write the submission atomically; refuse to replace an existing file unless ``overwrite``."""
+    path = check_writable(path, overwrite)
+    if probs.shape != (len(ids), len(classes)):
+        raise ValueError(f"probabilities of shape {probs.shape} do not match {len(ids)} ids x {len(classes)} classes")
+    if not np.isfinite(probs).all():
+        raise ValueError("refusing to write non-finite probabilities")
+    atomic_write_text(path, submission_text(ids, probs, classes))
+    return path
