@@ -33,7 +33,7 @@ def _scene(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image
     return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.0))))
 
 
-def make_demo_dataset(root: str | os.PathLike, per_class: int = 200, test: int = 40, seed: int = 0) -> Path:
+def make_demo_dataset(root: str | os.PathLike, per_class: int = 300, test: int = 50, seed: int = 0) -> Path:
     """Write the synthetic dataset under ``root`` (idempotent: an existing complete dataset is reused)."""
     root = Path(root)
     done = root / ".complete"

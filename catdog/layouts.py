@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catdog.errors import DatasetError
-from catdog.images import is_image_file, list_image_files
+from catdog.images import list_image_files
 
 VALIDATION_DIR_NAMES = ("validation", "val", "valid")
 
@@ -50,9 +50,22 @@ class DatasetLayout:
     layout: str
 
 
+def _as_path(folder: str | bytes | os.PathLike) -> Path:
+    """``folder`` as a ``Path``; bytes names that are not valid UTF-8 keep their bytes as surrogate escapes."""
+    return Path(os.fsdecode(os.fspath(folder)))
+
+
 def _visible_subdirs(folder: Path) -> list[Path]:
+    """Subfolders, without hidden ones and tool folders such as ``__MACOSX`` (names starting with ``.`` or ``_``)."""
     with os.scandir(folder) as it:
-        return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith((".", "_")))
+        return sorted(Path(e.path) for e in it if not e.name.startswith((".", "_")) and _is_dir(e))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _require_dir(folder: Path, what: str) -> None:
@@ -64,7 +77,7 @@ def _require_dir(folder: Path, what: str) -> None:
 
 def read_class_folders(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
     """``folder/<class>/*`` -> labelled images; classes are the sorted subfolder names unless given."""
-    folder = Path(folder)
+    folder = _as_path(folder)
     _require_dir(folder, "labelled")
     subdirs = _visible_subdirs(folder)
     found = [d.name for d in subdirs]
@@ -89,7 +102,7 @@ _FLAT_NAME = re.compile(r"^([^.]+)\..+\.[A-Za-z0-9]+$")
 
 def read_flat_folder(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
     """Kaggle's flat layout: ``folder/<class>.<id>.<ext>``; class = prefix before the first dot."""
-    folder = Path(folder)
+    folder = _as_path(folder)
     files = list_image_files(folder)
     if not files:
         raise DatasetError(f"no images in {folder}")
@@ -126,10 +139,10 @@ def _check_class_count(classes: list[str], folder: Path) -> None:
 
 def read_labelled(folder: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
     """Read a labelled folder in either the class-folder or the flat layout."""
-    folder = Path(folder)
+    folder = _as_path(folder)
     _require_dir(folder, "labelled")
     subdirs = _visible_subdirs(folder)
-    has_images = any(is_image_file(e) for e in os.listdir(folder))
+    has_images = bool(list_image_files(folder))
     if subdirs and has_images:
         raise DatasetError(
             f"unknown layout in {folder}: it holds both images and subfolders "
@@ -153,7 +166,7 @@ def find_validation_dir(root: str | os.PathLike) -> Path | None:
 
 def detect_layout(root: str | os.PathLike) -> DatasetLayout:
     """Read ``root/train`` (and ``root/validation`` if present) in whichever layout they use."""
-    root = Path(root)
+    root = _as_path(root)
     _require_dir(root, "dataset root (data.dir)")
     train_dir = root / "train"
     if not train_dir.is_dir():
@@ -172,7 +185,7 @@ def detect_layout(root: str | os.PathLike) -> DatasetLayout:
 
 def find_unlabelled(folder: str | os.PathLike) -> list[Path]:
     """Images for prediction: directly in ``folder``, or in its single subfolder (Keras' ``test/test/``)."""
-    folder = Path(folder)
+    folder = _as_path(folder)
     if folder.is_file():
         return [folder]
     _require_dir(folder, "prediction input")

@@ -129,9 +129,11 @@ class ClassifierModule(pl.LightningModule):
         self._freeze_bn_stats()
 
     def _freeze_bn_stats(self) -> None:
+        """BatchNorm of frozen blocks in eval mode (pretrained statistics), of trainable blocks as the module is."""
         for m in self.net.backbone.modules():
-            if isinstance(m, _BatchNorm) and m.weight is not None and not m.weight.requires_grad:
-                m.eval()
+            if isinstance(m, _BatchNorm):
+                frozen = m.weight is not None and not m.weight.requires_grad
+                m.train(self.training and not frozen)
 
     def train(self, mode: bool = True):
         super().train(mode)

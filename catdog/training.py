@@ -56,10 +56,13 @@ def build_model(cfg: DictConfig, classes: list[str]):
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto"))
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision, **overrides)
+    """The configured Trainer with its callbacks and logger; ``overrides`` replace any of its arguments."""
+    kwargs = {
+        "callbacks": [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None],
+        "logger": hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False,
+        "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
+    }
+    return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -1,0 +1,133 @@
+"""Decode + augment throughput (images/s): catdog's uint8 path vs the tutorial's float PIL path.
+
+catdog:   load_image(path, draft_size) (JPEG draft decoding, EXIF, RGB) + train_transform / eval_transform -> uint8 CHW
+baseline: Image.open(path).convert("RGB") + RandomResizedCrop / Resize+CenterCrop + ToTensor + Normalize -> float32
+
+Measured single process with one torch thread (= images/s per core), then through a DataLoader with N workers
+(catdog: ImageDataset + make_loader; baseline: a plain Dataset + DataLoader), counted after the first batch so that
+worker start-up is excluded. "per worker" is the DataLoader rate divided by the number of workers.
+
+Examples:
+    python bench/data_pipeline.py --data /path/to/dogs-vs-cats/train
+    python bench/data_pipeline.py --data /path/to/dogs-vs-cats/train --images 4000 --workers 8 --image-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    FlatFiles,
+    add_common_args,
+    baseline_eval_transform,
+    baseline_train_transform,
+    image_list,
+    markdown_table,
+)
+
+from catdog.data import ImageDataset, make_loader  # noqa: E402
+from catdog.images import load_image  # noqa: E402
+from catdog.transforms import eval_resize_size, eval_transform, train_transform  # noqa: E402
+
+
+def pipelines(image_size: int, crop_pct: float):
+    """name -> (per-image function, Dataset factory, uses make_loader)."""
+    draft = eval_resize_size(image_size, crop_pct)
+    c_train, c_eval = train_transform(image_size), eval_transform(image_size, crop_pct)
+    b_train, b_eval = baseline_train_transform(image_size), baseline_eval_transform(image_size, crop_pct)
+
+    def catdog(transform):
+        return (
+            lambda p: transform(load_image(p, draft_size=draft)),
+            lambda paths, labels: ImageDataset(paths, labels, transform, "skip", draft),
+            True,
+        )
+
+    def baseline(transform):
+        return (
+            lambda p: transform(Image.open(p).convert("RGB")),
+            lambda paths, labels: FlatFiles(paths, labels, transform),
+            False,
+        )
+
+    return {
+        "catdog train (uint8)": catdog(c_train),
+        "baseline train (float32)": baseline(b_train),
+        "catdog eval (uint8)": catdog(c_eval),
+        "baseline eval (float32)": baseline(b_eval),
+    }
+
+
+def single_process(fn, paths) -> tuple[float, str]:
+    fn(paths[0])  # warm-up: imports, first-call caches
+    t0 = time.perf_counter()
+    for p in paths:
+        out = fn(p)
+    rate = len(paths) / (time.perf_counter() - t0)
+    return rate, f"{out.dtype} {tuple(out.shape)}, {out.numel() * out.element_size() / 1024:.0f} KiB"
+
+
+def with_loader(make_dataset, catdog: bool, paths, labels, workers: int, batch_size: int) -> float:
+    dataset = make_dataset(paths, labels)
+    if catdog:
+        loader = make_loader(dataset, batch_size, workers, shuffle=True)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    it = iter(loader)
+    first = next(it)
+    t0 = time.perf_counter()
+    n = 0
+    for batch in it:
+        n += len(batch[0])
+    elapsed = time.perf_counter() - t0
+    del first, it, loader
+    return n / elapsed
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, default_images=500)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--crop-pct", type=float, default=0.875)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: number of CPUs, at most 8)")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # per-core figures; DataLoader workers use one thread each anyway
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+
+    print(f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    rows = []
+    with image_list(args.data, args.images, args.synthetic_size, args.seed) as (paths, labels, source):
+        for name, (fn, make_dataset, catdog) in pipelines(args.image_size, args.crop_pct).items():
+            single, output = single_process(fn, paths)
+            loader = with_loader(make_dataset, catdog, paths, labels, workers, args.batch_size) if workers else None
+            print(
+                f"{name}: {single:.1f} images/s single process, {loader or 0:.1f} with {workers} workers",
+                file=sys.stderr,
+            )
+            rows.append([name, single, loader or "-", loader / workers if loader else "-", output])
+
+    print(
+        f"\ndata pipeline: {args.image_size} px (eval resize {eval_resize_size(args.image_size, args.crop_pct)}), "
+        f"{len(paths)} images from {source}; single process = 1 thread; DataLoader: {workers} workers, "
+        f"batch {args.batch_size}; {os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.2f}\n"
+    )
+    print(
+        markdown_table(
+            ["pipeline", "1 process img/s", f"DataLoader {workers}w img/s", "per worker img/s", "output per image"],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Prediction throughput (images/s) for tta=0 and tta=N: catdog's loader + predict_loader, and the model alone.
+
+For each configuration (precision x memory layout) and each TTA depth:
+  loader:     ImageDataset + eval_transform + make_loader over JPEGs, then catdog.prediction.predict_loader (the same
+              loop with CPU bf16 autocast for the CPU bf16 configurations, and with autocast off for CUDA fp32 ones,
+              which predict_loader does not offer). Includes DataLoader worker start-up.
+  model-only: a synthetic uint8 batch already on the device through ClassifierModule.predict_proba(x, tta).
+images/s counts input images (not views); "time x" is the time of tta=N over the time of tta=0 for that row's
+configuration.
+
+Examples:
+    python bench/predict_throughput.py --data /path/to/dogs-vs-cats/test                  # CPU: small defaults
+    python bench/predict_throughput.py --device cuda --data /path/to/dogs-vs-cats/test --images 2000 \\
+        --width 1 --image-size 224 --batch-size 128 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    add_common_args,
+    cpu_supports_bf16,
+    image_list,
+    machine_line,
+    markdown_table,
+    now,
+    setup,
+)
+
+from catdog.data import ImageDataset, make_loader  # noqa: E402
+from catdog.module import ClassifierModule  # noqa: E402
+from catdog.prediction import predict_loader  # noqa: E402
+from catdog.transforms import eval_resize_size, eval_transform  # noqa: E402
+
+CONFIGS = {
+    "fp32-nchw": (None, False),
+    "fp32-channels_last": (None, True),
+    "bf16-nchw": (torch.bfloat16, False),
+    "bf16-channels_last": (torch.bfloat16, True),
+}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def loop_with_autocast(model, loader, tta: int, device: torch.device, dtype: torch.dtype | None) -> np.ndarray:
+    """predict_loader's loop with the autocast dtype chosen by the caller (None: plain fp32)."""
+    model.to(device).eval()
+    probs = []
+    for x, _, _ in loader:
+        if x.numel() == 0:
+            continue
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            probs.append(model.predict_proba(x, tta).float().cpu())
+    return torch.cat(probs).numpy()
+
+
+def uses_predict_loader(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """predict_loader autocasts exactly when the device is CUDA."""
+    return (device.type == "cuda") == (dtype is not None)
+
+
+def build_model(args, channels_last: bool, device: torch.device) -> ClassifierModule:
+    model = ClassifierModule(
+        ["cat", "dog"],
+        arch=args.arch,
+        weights=None,
+        width=args.width,
+        image_size=args.image_size,
+        channels_last=channels_last,
+    )
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def model_only(model, device, dtype, tta: int, batch_size: int, image_size: int, warmup: int, repeats: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, generator=g).to(device)
+    with autocast(device, dtype):
+        for _ in range(warmup):
+            model.predict_proba(x, tta)
+        t0 = now(device)
+        for _ in range(repeats):
+            F.softmax(model.predict_proba(x, tta), dim=1)
+        elapsed = now(device) - t0
+    return repeats * batch_size / elapsed
+
+
+def loader_rate(args, model, device, dtype, tta: int, paths) -> float:
+    dataset = ImageDataset(
+        paths,
+        None,
+        eval_transform(args.image_size, 0.875),
+        "error",
+        eval_resize_size(args.image_size, 0.875),
+    )
+    loader = make_loader(dataset, args.batch_size, args.workers)
+    t0 = now(device)
+    if uses_predict_loader(device, dtype):
+        probs, _ = predict_loader(model, loader, tta, device)
+    else:
+        probs = loop_with_autocast(model, loader, tta, device, dtype)
+    elapsed = now(device) - t0
+    assert len(probs) == len(paths)
+    return len(paths) / elapsed
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, default_images=0)
+    p.add_argument("--arch", choices=("vgg16", "vgg16_bn"), default="vgg16_bn")
+    p.add_argument("--width", type=float, default=None, help="conv width multiplier (default: 0.5 CPU, 1 CUDA)")
+    p.add_argument("--image-size", type=int, default=None, help="default: 128 CPU, 224 CUDA")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 CPU, 128 CUDA")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 8)")
+    p.add_argument("--tta", default="0,5", help="comma-separated TTA depths; the first is the reference for 'time x'")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated subset of {','.join(CONFIGS)} (default: CPU all that the CPU supports; "
+        "CUDA bf16-channels_last,fp32-nchw)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="timed model-only batches (default: 3 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed model-only batches (default: 1 CPU, 5 CUDA)")
+    p.add_argument("--skip-loader", action="store_true", help="model-only figures only")
+    args = p.parse_args(argv)
+    device = setup(args)
+    cuda = device.type == "cuda"
+    args.width = args.width if args.width is not None else (1.0 if cuda else 0.5)
+    args.image_size = args.image_size or (224 if cuda else 128)
+    args.batch_size = args.batch_size or (128 if cuda else 32)
+    args.images = args.images or (2000 if cuda else 128)
+    args.repeats = args.repeats or (20 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    args.workers = args.workers if args.workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
+    ttas = [int(t) for t in args.tta.split(",")]
+    if args.configs:
+        configs = args.configs.split(",")
+    elif cuda:
+        configs = ["bf16-channels_last", "fp32-nchw"]
+    else:
+        configs = [c for c in CONFIGS if CONFIGS[c][0] is None or cpu_supports_bf16()]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {list(CONFIGS)}")
+
+    print(f"{machine_line(device)}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    rows = []
+    with image_list(args.data, args.images, args.synthetic_size, args.seed) as (paths, _, source):
+        for name in configs:
+            dtype, channels_last = CONFIGS[name]
+            model = build_model(args, channels_last, device)
+            ref_loader = ref_model = None
+            for tta in ttas:
+                m_rate = model_only(
+                    model, device, dtype, tta, args.batch_size, args.image_size, args.warmup, args.repeats
+                )
+                l_rate = None if args.skip_loader else loader_rate(args, model, device, dtype, tta, paths)
+                method = "predict_loader" if uses_predict_loader(device, dtype) else "same loop, own autocast"
+                if ref_model is None:
+                    ref_loader, ref_model = l_rate, m_rate
+                print(
+                    f"{name} tta={tta}: loader {l_rate or 0:.1f} images/s, model-only {m_rate:.1f} images/s",
+                    file=sys.stderr,
+                )
+                rows.append(
+                    [
+                        name,
+                        tta,
+                        l_rate if l_rate is not None else "-",
+                        ref_loader / l_rate if l_rate else "-",
+                        m_rate,
+                        ref_model / m_rate,
+                        method,
+                    ]
+                )
+            del model
+
+    print(
+        f"\n{machine_line(device)}; load average at the end {os.getloadavg()[0]:.2f}\n"
+        f"predict throughput: {args.arch} width {args.width:g}, {args.image_size} px, batch {args.batch_size}, "
+        f"{args.workers} workers; loader over {len(paths)} images from {source}; "
+        f"model-only: {args.warmup} warm-up + {args.repeats} timed batches\n"
+    )
+    print(
+        markdown_table(
+            ["config", "tta", "loader img/s", "loader time x", "model-only img/s", "model-only time x", "loop"],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

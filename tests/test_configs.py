@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from catdog.training import check_train_config
+from tests.conftest import CONF_DIR, compose_predict, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def test_experiments_exist():
+    assert {"vgg16", "vgg16_bn", "demo"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", "model.weights=null"], output_dir=tmp_path)
+    check_train_config(cfg)
+    assert cfg.model.arch in ("vgg16", "vgg16_bn")
+    dm = instantiate(cfg.data, _convert_="all")
+    assert dm.hparams.image_size == cfg.data.image_size
+    for cb in cfg.callbacks.values():
+        instantiate(cb)
+
+
+def test_experiment_picks_architecture():
+    assert compose_train(["experiment=vgg16"]).model.arch == "vgg16"
+    assert compose_train(["experiment=vgg16_bn"]).model.arch == "vgg16_bn"
+    # plain VGG needs the lower learning rate
+    assert compose_train(["experiment=vgg16"]).model.optimizer.lr < compose_train(["experiment=vgg16_bn"]).model.optimizer.lr
+
+
+def test_predict_config_requires_ckpt():
+    cfg = compose_predict(["ckpt=x.ckpt", "tta=5"])
+    assert cfg.tta == 5 and cfg.ckpt == "x.ckpt"

@@ -1,0 +1,89 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from catdog.models import build_network, cached_weights_path
+from torchvision.models import VGG16_BN_Weights
+
+
+@pytest.fixture(scope="module")
+def vgg16_features_file(tmp_path_factory):
+    """A torchvision-format vgg16 state dict (conv layers only, to keep it small) as an offline user would have."""
+    path = tmp_path_factory.mktemp("w") / "vgg16-local.pth"
+    state = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
+    torch.save(state, path)
+    return path
+
+
+def test_head_replaced_for_n_classes():
+    net = build_network("vgg16_bn", num_classes=3, width=0.0625, head_hidden=8)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert len(net.blocks()) == 5
+    assert isinstance(net.blocks()[-1][-1], torch.nn.MaxPool2d)
+
+
+def test_vgg_head_keeps_fc_layers():
+    net = build_network("vgg16", num_classes=2, head="vgg", width=0.0625)
+    linears = [m for m in net.head if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [4096, 4096, 2]
+
+
+def test_local_weights_file_loads(vgg16_features_file):
+    net = build_network("vgg16", num_classes=2, weights=str(vgg16_features_file))
+    state = torch.load(vgg16_features_file, weights_only=True)
+    torch.testing.assert_close(net.backbone[0].weight, state["features.0.weight"])
+
+
+def test_weights_for_the_wrong_arch_are_refused(vgg16_features_file):
+    with pytest.raises(CheckpointError, match=r"vgg16-local.pth.*model.arch=vgg16_bn"):
+        build_network("vgg16_bn", num_classes=2, weights=str(vgg16_features_file))
+
+
+def test_missing_weights_file():
+    with pytest.raises(CheckpointError, match="not found: /no/such.pth"):
+        build_network("vgg16", weights="/no/such.pth")
+
+
+def test_imagenet_offline_message_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_network("vgg16_bn", weights="imagenet")
+    msg = str(err.value)
+    expected = cached_weights_path(VGG16_BN_Weights.IMAGENET1K_V1)
+    assert str(expected) in msg and expected.name == "vgg16_bn-6c64b313.pth"
+    assert "model.weights=/path/to/vgg16_bn-6c64b313.pth" in msg and "model.weights=null" in msg
+
+
+def test_imagenet_uses_torchvision_cache(monkeypatch, tmp_path, vgg16_features_file):
+    """With the file where torchvision caches it, weights=imagenet loads it through torchvision's weights API."""
+    from torchvision.models import VGG16_Weights
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    cached = cached_weights_path(VGG16_Weights.IMAGENET1K_V1)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(vgg16_features_file.read_bytes())
+    net = build_network("vgg16", weights="imagenet")
+    state = torch.load(vgg16_features_file, weights_only=True)
+    torch.testing.assert_close(net.backbone[28].weight, state["features.28.weight"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"arch": "vgg19"}, "model.arch"),
+        ({"head": "mlp"}, "model.head"),
+        ({"width": 0.5, "weights": "imagenet"}, "model.width"),
+        ({"width": 0}, "model.width"),
+    ],
+)
+def test_bad_model_config(kwargs, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_network(**kwargs)

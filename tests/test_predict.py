@@ -1,0 +1,169 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from catdog.checkpoints import load_classifier
+from catdog.errors import BadImageError, CheckpointError, ConfigError
+from catdog.fileio import OutputExistsError
+from catdog.images import load_image
+from catdog.prediction import predict
+from catdog.training import train
+from catdog.transforms import eval_transform
+from tests.conftest import compose_predict, make_image, tiny_train_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny model trained once for all prediction tests: (checkpoint, data root)."""
+    from tests.conftest import make_flat
+
+    root = tmp_path_factory.mktemp("pred")
+    data = make_flat(root / "data", per_class=8, test=12)
+    train(tiny_train_cfg(data, root / "run"))
+    return root / "run" / "checkpoints" / "best.ckpt", data
+
+
+def _predict(ckpt, tmp_path, *overrides):
+    cfg = compose_predict([f"ckpt={ckpt}", "num_workers=0", "device=cpu", *overrides], output_dir=tmp_path)
+    return predict(cfg)
+
+
+def _read(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_submission_is_valid_and_sorted_numerically(trained, tmp_path):
+    ckpt, _ = trained
+    path = _predict(ckpt, tmp_path)
+    rows = _read(path)
+    assert rows[0] == ["id", "label"]
+    ids = [r[0] for r in rows[1:]]
+    assert ids == [str(i) for i in range(1, 13)]  # 1, 2, ..., 10, 11, 12: numeric order, not text order
+    probs = np.array([float(r[1]) for r in rows[1:]])
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_tta0_equals_plain_forward(trained, tmp_path):
+    ckpt, data = trained
+    rows = _read(_predict(ckpt, tmp_path, "tta=0"))
+    model = load_classifier(ckpt)
+    transform = eval_transform(model.hparams.image_size, model.hparams.crop_pct)
+    x = torch.stack([transform(load_image(data / "test" / f"{r[0]}.jpg")) for r in rows[1:]])
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1)[:, 1].numpy()
+    got = np.array([float(r[1]) for r in rows[1:]])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_tta_changes_predictions_and_stays_probabilities(trained, tmp_path):
+    ckpt, _ = trained
+    plain = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "a", "tta=0"))[1:]])
+    tta = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "b", "tta=5"))[1:]])
+    assert not np.allclose(plain, tta)
+    assert np.all((tta >= 0) & (tta <= 1))
+
+
+def test_tta_depth_beyond_available_views_is_rejected(trained, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(ConfigError, match="tta must be an integer from 0 to 11"):
+        _predict(ckpt, tmp_path, "tta=12")
+
+
+def test_clip_bounds_probabilities(trained, tmp_path):
+    ckpt, _ = trained
+    probs = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path, "clip=[0.2,0.8]"))[1:]])
+    assert probs.min() >= 0.2 - 1e-9 and probs.max() <= 0.8 + 1e-9
+    with pytest.raises(ConfigError, match="clip"):
+        _predict(ckpt, tmp_path / "x", "clip=[0.6,0.9]")
+
+
+def test_refuses_to_overwrite(trained, tmp_path):
+    ckpt, _ = trained
+    out = tmp_path / "sub.csv"
+    out.write_text("precious\n")
+    with pytest.raises(OutputExistsError, match="overwrite=true"):
+        _predict(ckpt, tmp_path, f"output={out}")
+    assert out.read_text() == "precious\n"
+    _predict(ckpt, tmp_path, f"output={out}", "overwrite=true")
+    assert out.read_text().startswith("id,label")
+
+
+def test_bad_images_fail_before_compute_listing_all(trained, tmp_path):
+    ckpt, _ = trained
+    folder = tmp_path / "in"
+    make_image(folder / "1.jpg")
+    (folder / "2.jpg").write_bytes(b"")
+    (folder / "3.jpg").write_text("<html>not an image</html>")
+    with pytest.raises(BadImageError) as err:
+        _predict(ckpt, tmp_path, f"input={folder}")
+    assert "2.jpg" in str(err.value) and "3.jpg" in str(err.value) and "2 of 3" in str(err.value)
+    assert not (tmp_path / "submission.csv").exists()
+
+
+def test_bad_images_skipped_on_request(trained, tmp_path, caplog):
+    ckpt, _ = trained
+    folder = tmp_path / "in"
+    make_image(folder / "1.jpg")
+    make_image(folder / "4.png")
+    (folder / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    path = _predict(ckpt, tmp_path, f"input={folder}", "on_bad_image=skip")
+    assert [r[0] for r in _read(path)[1:]] == ["1", "4"]
+    assert "ids missing from the output: 2" in caplog.text
+
+
+def test_input_single_file_and_nested_test_folder(trained, tmp_path):
+    ckpt, _ = trained
+    img = make_image(tmp_path / "in" / "test" / "cat_photo.jpg")
+    assert [r[0] for r in _read(_predict(ckpt, tmp_path / "a", f"input={tmp_path / 'in'}"))[1:]] == ["cat_photo"]
+    assert [r[0] for r in _read(_predict(ckpt, tmp_path / "b", f"input={img}"))[1:]] == ["cat_photo"]
+
+
+def test_labelled_folder_is_scored(trained, tmp_path, capsys):
+    ckpt, data = trained
+    scores = _predict(ckpt, tmp_path, f"input={data / 'train'}", "labelled=true")
+    assert scores["images"] == 16
+    assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0
+    assert "| images | tta | accuracy | log loss |" in capsys.readouterr().out
+    rows = _read(tmp_path / "submission.csv")
+    assert rows[0] == ["id", "label", "true_label"] and len(rows) == 17
+
+
+def test_more_than_two_classes_writes_a_column_per_class(tmp_path):
+    from tests.conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / "data", per_class=4, classes=("ant", "bee", "cow"), validation=False)
+    make_image(data / "test" / "7.jpg")
+    train(tiny_train_cfg(data, tmp_path / "run"))
+    rows = _read(_predict(tmp_path / "run" / "checkpoints" / "best.ckpt", tmp_path))
+    assert rows[0] == ["id", "ant", "bee", "cow"]
+    assert abs(sum(float(v) for v in rows[1][1:]) - 1) < 1e-4
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_classifier(path)
+
+
+def test_missing_checkpoint_and_latest(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        _predict(tmp_path / "nope.ckpt", tmp_path)
+    with pytest.raises(CheckpointError, match="ckpt=latest"):
+        _predict("latest", tmp_path, f"paths.log_dir={tmp_path}")
+
+
+def test_exif_rotated_image_is_upright(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").size == (20, 40)

@@ -1,0 +1,143 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.errors import ConfigError
+from catdog.training import build_datamodule, build_model, build_trainer, resolve_precision, train
+from tests.conftest import tiny_train_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+def test_train_one_epoch_writes_checkpoints(arch, flat_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_train_cfg(flat_data, out, f"model.arch={arch}")
+    value = train(cfg)
+    assert 0 < value < 10  # the best val/logloss, returned for sweepers
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "metrics.yaml").is_file()
+    assert list((out / "csv").glob("metrics.csv"))
+
+
+def test_fast_dev_run_folder_layout(folder_data, tmp_path):
+    cfg = tiny_train_cfg(folder_data, tmp_path / "run", "+trainer.fast_dev_run=true", "optimized_metric=null")
+    assert train(cfg) is None
+
+
+def test_checkpoint_loads_on_its_own_and_predicts_the_same(flat_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_train_cfg(flat_data, out)
+    train(cfg)
+    ckpt_path = out / "checkpoints" / "best.ckpt"
+    raw = read_checkpoint(ckpt_path)  # weights_only=True: only plain values and tensors inside
+    assert raw["hyper_parameters"]["classes"] == ["cat", "dog"]
+    assert raw["hyper_parameters"]["weights"] is None
+    model = load_classifier(ckpt_path)
+    x = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    again = load_classifier(ckpt_path)
+    torch.testing.assert_close(model(x), again(x))
+    assert model.datamodule_hparams["dir"] == str(flat_data)
+
+
+def _fit(cfg, epochs):
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    model = build_model(cfg, dm.classes)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = build_trainer(cfg, max_epochs=epochs, logger=False, enable_checkpointing=False, callbacks=[])
+    trainer.fit(model, datamodule=dm)
+    return model, before
+
+
+def test_staged_finetuning_freezes_backbone_and_bn_stats(flat_data, tmp_path):
+    cfg = tiny_train_cfg(
+        flat_data, tmp_path, "model.finetune.head_epochs=1", "model.finetune.blocks=1", "model.arch=vgg16_bn"
+    )
+    model, before = _fit(cfg, epochs=1)
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert any(k.startswith("net.head.") for k in changed)
+    # Head-only stage: no backbone weight and no BN running statistic moved.
+    assert not any(k.startswith("net.backbone.") for k in changed), sorted(changed)[:5]
+
+    model, before = _fit(cfg, epochs=2)
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    last_block = {f"net.backbone.{i}." for i, m in enumerate(model.net.backbone) if i >= 34}  # block 5 of vgg16_bn
+    first_block = {f"net.backbone.{i}." for i in range(7)}
+    assert any(k.startswith(tuple(last_block)) and "running_mean" in k for k in changed)
+    assert any(k.startswith(tuple(last_block)) and k.endswith("weight") for k in changed)
+    assert not any(k.startswith(tuple(first_block)) for k in changed)
+
+
+def test_frozen_bn_layers_stay_in_eval_mode(flat_data, tmp_path):
+    cfg = tiny_train_cfg(
+        flat_data, tmp_path, "model.finetune.head_epochs=5", "model.finetune.blocks=2", "model.arch=vgg16_bn"
+    )
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    model = build_model(cfg, dm.classes)
+    model.apply_stage(0)
+    model.train()
+    bns = [m for m in model.net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.net.head.training
+    model.apply_stage(5)
+    model.train()
+    assert bns[-1].training and not bns[0].training  # only the last two blocks train
+
+
+def test_precision_is_chosen_automatically(monkeypatch):
+    assert resolve_precision(None, "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(None, "auto") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision(None, "gpu") == "16-mixed"
+    assert resolve_precision(None, "cpu") == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("model.arch=resnet50", "model.arch"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("data.on_bad_image=ignore", "data.on_bad_image"),
+        ("data.image_size=8", "data.image_size"),
+    ],
+)
+def test_bad_config_fails_before_reading_data(override, key, tmp_path):
+    cfg = tiny_train_cfg(tmp_path / "does-not-exist", tmp_path, override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train(cfg)
+
+
+def test_cli_demo_then_predict_latest(tmp_path):
+    """The README's two commands, shrunk: train the demo, then predict with the checkpoint it made."""
+    env_args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "experiment=demo", *env_args, "paths.log_dir=" + str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    run_dirs = list((tmp_path / "out" / "demo").iterdir())
+    assert len(run_dirs) == 1
+    assert (run_dirs[0] / ".hydra" / "config.yaml").is_file()
+    assert (run_dirs[0] / "checkpoints" / "best.ckpt").is_file()
+    pred = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), "ckpt=latest", "tta=2", "paths.log_dir=" + str(tmp_path / "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    sub = next((tmp_path / "out" / "predict").glob("*/submission.csv"))
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "id,label" and len(lines) == 41
