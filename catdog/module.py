@@ -99,8 +99,9 @@ class ClassifierModule(pl.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.tta = 0
-        self._val_probs: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # (probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files.
+        self.last_validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ----- structure -----------------------------------------------------------------------------------------------
     @property
@@ -180,15 +181,16 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch[0], batch[1]
         if x.numel() == 0:
             return
-        logits = self(x)
-        self._val_probs.append(F.softmax(logits.float(), dim=1).detach().cpu())
-        self._val_targets.append(y.detach().cpu())
+        probs = F.softmax(self(x).float(), dim=1)
+        self._val_outputs.append((probs.detach().cpu(), y.detach().cpu(), batch[2].detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_probs:
+        if not self._val_outputs:
             return
-        probs, targets = torch.cat(self._val_probs), torch.cat(self._val_targets)
-        self._val_probs, self._val_targets = [], []
+        probs, targets, indices = (torch.cat(t) for t in zip(*self._val_outputs))
+        self._val_outputs = []
+        if not self.trainer.sanity_checking:
+            self.last_validation = (probs, targets, indices)
         self.log("val/logloss", log_loss(probs, targets), prog_bar=True)
         self.log("val/acc", accuracy(probs, targets), prog_bar=True)
 

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from catdog.checkpoints import load_classifier, resolve_checkpoint
+from catdog.checkpoints import load_classifier
 from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
-from catdog.errors import BadImageError, ConfigError, DatasetError
+from catdog.ensemble import combine, resolve_members
+from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
 from catdog.images import find_bad_images, format_bad_images
 from catdog.layouts import find_unlabelled, image_ids, read_labelled
@@ -74,51 +75,67 @@ def _default_input(model) -> Path:
     return Path(root) / "test"
 
 
+def _predict_member(model, paths: list[str], tta: int, device, batch_size: int, workers: int) -> np.ndarray:
+    """One model's probabilities for ``paths``, in that order, with its own preprocessing."""
+    hp = model.hparams
+    transform = eval_transform(hp.image_size, hp.crop_pct)
+    dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
+    probs, order = predict_loader(model, make_loader(dataset, batch_size, workers), tta, device)
+    out = np.empty_like(probs)
+    out[order] = probs
+    return out
+
+
 def predict(cfg: DictConfig):
+    """Predict ``input`` with one checkpoint or an ensemble (members loaded one at a time), with TTA."""
     tta = check_tta(cfg.tta)
     clip = check_clip(cfg.clip)
     policy = check_policy(cfg.on_bad_image, "on_bad_image")
+    mode = cfg.get("ensemble", "prob")
+    combine([np.ones((1, 2)) / 2], mode)  # validates the mode before any work
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     device = resolve_device(cfg.device)
     output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
-    ckpt = resolve_checkpoint(cfg.ckpt, cfg.paths.log_dir)
-    model = load_classifier(ckpt)
-    log.info("loaded %s: %s, classes %s", ckpt, model.hparams.arch, model.classes)
+    members = resolve_members(cfg.ckpt, cfg.paths.log_dir)
+    model = load_classifier(members[0])
+    classes = model.classes
+    log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
     source = Path(cfg.input) if cfg.input else _default_input(model)
 
     if cfg.labelled:
-        images = read_labelled(source, classes=model.classes)
+        images = read_labelled(source, classes=classes)
         paths, labels = images.paths, images.labels
     else:
         paths, labels = [str(p) for p in find_unlabelled(source)], None
     ids = image_ids(paths)
-    id_of = dict(zip(paths, ids))
     kept, bad = _screen(paths, policy, workers)
     if not kept:
         raise DatasetError(f"no readable images in {source}")
-    if labels is not None:
-        label_of = dict(zip(paths, labels))
-        labels = [label_of[p] for p in kept]
-
-    hp = model.hparams
-    transform = eval_transform(hp.image_size, hp.crop_pct)
-    dataset = ImageDataset(kept, labels, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
-    loader = make_loader(dataset, cfg.batch_size, workers)
-    probs, order = predict_loader(model, loader, tta, device)
-    probs = clip_probs(probs, clip)
-    kept_ids = [id_of[kept[i]] for i in order]
+    member_probs = []
+    for i, member in enumerate(members):
+        if i > 0:
+            model = load_classifier(member)
+            if model.classes != classes:
+                raise CheckpointError(
+                    f"ensemble members disagree on classes: {members[0]} has {classes}, {member} has {model.classes}"
+                )
+        member_probs.append(_predict_member(model, kept, tta, device, cfg.batch_size, workers))
+        del model
+    probs = clip_probs(combine(member_probs, mode), clip)
+    id_of = dict(zip(paths, ids))
+    kept_ids = [id_of[p] for p in kept]
     if bad:
         missing = sorted(id_of[p] for p, _ in bad)
         log.warning("%d image(s) skipped as unreadable; ids missing from the output: %s", len(bad), ", ".join(missing))
 
     if labels is not None:
-        return _report(
-            probs, np.asarray([labels[i] for i in order]), kept_ids, model.classes, tta, output, cfg.overwrite
-        )
-    path = write_submission(output, kept_ids, probs, model.classes, overwrite=cfg.overwrite)
-    log.info("wrote %d predictions (tta=%d) to %s", len(kept_ids), tta, path)
+        label_of = dict(zip(paths, labels))
+        targets = np.asarray([label_of[p] for p in kept])
+        return _report(probs, targets, kept_ids, classes, tta, output, cfg.overwrite)
+    path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
+    log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
     return path
 

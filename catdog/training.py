@@ -1,20 +1,34 @@
-"""``train(cfg)``: compose data, model, callbacks and trainer from the Hydra config, fit, return the metric."""
+"""``train(cfg)``: compose data, model, callbacks and trainer from the Hydra config, fit, return the metric.
+
+One run writes into its output folder: ``checkpoints/best.ckpt`` and ``last.ckpt``, ``split.csv`` (which image was
+used for what), ``oof.csv`` (the best checkpoint's predictions on its validation images) and ``result.json``. With
+``data.folds=K`` and no ``data.fold``, every fold is trained in ``fold_<i>/`` and the ensemble is assembled
+(:func:`catdog.ensemble.finalize_ensemble`).
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
 from catdog.data import check_data_config
+from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
 from catdog.errors import ConfigError
+from catdog.fileio import atomic_write_text
 from catdog.models import check_arch
 
 log = logging.getLogger(__name__)
+
+KFOLD_SETTINGS = "kfold.json"
 
 
 def resolve_precision(precision: str | None, accelerator: str = "auto") -> str:
@@ -65,29 +79,104 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit one model as configured; returns ``cfg.optimized_metric`` (for sweepers)."""
-    check_train_config(cfg)
+def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """An explicit ``ckpt_path``, else this folder's own ``last.ckpt`` (a run restarted in its folder resumes)."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={path}: no such checkpoint to resume from")
+        return str(path)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def fit_one(cfg: DictConfig) -> dict:
+    """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record."""
+    out_dir = Path(cfg.paths.output_dir)
+    if (out_dir / RESULT_NAME).is_file():
+        raise ConfigError(f"{out_dir} already holds a finished run ({RESULT_NAME}); use a new output folder")
+    start = time.time()
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_split(out_dir / "split.csv", datamodule)
     model = build_model(cfg, datamodule.classes)
     trainer = build_trainer(cfg)
-    log.info("precision %s, %s", trainer.precision, "resuming from " + cfg.ckpt_path if cfg.ckpt_path else "fresh run")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    resume = _resume_path(cfg, out_dir)
+    log.info("precision %s; %s", trainer.precision, f"resuming from {resume}" if resume else "fresh run")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+
     ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and ckpt_cb.best_model_path:
-        log.info(
-            "best checkpoint: %s (%s %.4f)", ckpt_cb.best_model_path, ckpt_cb.monitor, float(ckpt_cb.best_model_score)
-        )
-        metrics["best/" + ckpt_cb.monitor] = float(ckpt_cb.best_model_score)
-    out = Path(cfg.paths.output_dir)
-    OmegaConf.save(OmegaConf.create(metrics), out / "metrics.yaml")
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if trainer.val_dataloaders is not None and not trainer.fast_dev_run:
+        # Score the best checkpoint (not the last epoch) and keep its predictions as out-of-fold predictions.
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    result = {
+        "fold": cfg.data.get("fold"),
+        "best_checkpoint": os.path.relpath(best, out_dir) if best else None,
+        "val/logloss": metrics.get("val/logloss"),
+        "val/acc": metrics.get("val/acc"),
+        "epochs": int(trainer.current_epoch),
+        "wall_time_s": round(time.time() - start, 1),
+        "classes": datamodule.classes,
+        "metrics": metrics,
+    }
+    if model.last_validation is not None:
+        write_oof(out_dir / "oof.csv", datamodule, *model.last_validation, fold=cfg.data.get("fold"))
+    atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    if best:
+        log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
+    return result
+
+
+def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
+    """A k-fold folder restarted for resume must be the same experiment: same data, folds and seed."""
+    settings = {"data.dir": str(cfg.data.dir), "data.folds": int(cfg.data.folds), "seed": int(cfg.seed)}
+    path = run_dir / KFOLD_SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != settings:
+            raise ConfigError(f"{run_dir} holds a k-fold run with {before}, but this run asks for {settings}")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def train_kfold(cfg: DictConfig) -> dict:
+    """Train every fold in ``fold_<i>/`` (skipping finished folds, resuming an interrupted one), then assemble."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_kfold_settings(cfg, run_dir)
+    for fold in range(cfg.data.folds):
+        fold_dir = run_dir / f"fold_{fold}"
+        if (fold_dir / RESULT_NAME).is_file():
+            log.info("fold %d already finished in %s; skipping it", fold, fold_dir)
+            continue
+        fold_cfg = copy.deepcopy(cfg)
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = fold
+            fold_cfg.paths.output_dir = str(fold_dir)
+            fold_cfg.ckpt_path = None
+        log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, fold_dir)
+        fit_one(fold_cfg)
+    return finalize_ensemble(run_dir)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
+    check_train_config(cfg)
+    if cfg.data.folds and cfg.data.fold is None:
+        summary = train_kfold(cfg)
+        metrics = {f"val/{k}": v for k, v in summary["oof"].items()}
+    else:
+        metrics = fit_one(cfg)
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    value = metrics.get("best/" + name, metrics.get(name))
+    value = metrics.get(name)
     if value is None:
-        raise ConfigError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
-    return value
+        raise ConfigError(f"optimized_metric={name!r} was not measured; available: {sorted(metrics)}")
+    return float(value)

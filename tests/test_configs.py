@@ -28,7 +28,10 @@ def test_experiment_picks_architecture():
     assert compose_train(["experiment=vgg16"]).model.arch == "vgg16"
     assert compose_train(["experiment=vgg16_bn"]).model.arch == "vgg16_bn"
     # plain VGG needs the lower learning rate
-    assert compose_train(["experiment=vgg16"]).model.optimizer.lr < compose_train(["experiment=vgg16_bn"]).model.optimizer.lr
+    assert (
+        compose_train(["experiment=vgg16"]).model.optimizer.lr
+        < compose_train(["experiment=vgg16_bn"]).model.optimizer.lr
+    )
 
 
 def test_predict_config_requires_ckpt():

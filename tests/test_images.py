@@ -112,7 +112,8 @@ def test_reasons_say_what_is_wrong(tmp_path):
 
 
 def test_header_check_catches_what_the_header_shows(tmp_path):
-    for kind in ("zero_bytes", "html_page", "png_bomb_header", "png_over_max_pixels", "truncated_png", "png_zero_width"):
+    kinds = ("zero_bytes", "html_page", "png_bomb_header", "png_over_max_pixels", "truncated_png", "png_zero_width")
+    for kind in kinds:
         path = write(tmp_path / f"{kind}.png", BAD_FILES[kind]())
         assert check_image(path, full=False), kind
     good = make_image(tmp_path / "good.png")
@@ -668,7 +669,7 @@ def test_training_with_on_bad_image_error_fails_fast_naming_the_files(dirty_flat
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_training_without_screening_skips_bad_images_while_it_runs(dirty_flat, tmp_path):
     root, _ = dirty_flat
-    cfg = tiny_train_cfg(root, tmp_path / "run", "data.verify=none", "optimized_metric=null", "data.batch_size=2")
+    cfg = tiny_train_cfg(root, tmp_path / "run", "data.verify=none", "optimized_metric=null")
     assert training.train(cfg) is None  # finished the epoch, bad images dropped batch by batch
 
 

@@ -3,10 +3,10 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from torchvision.models import VGG16_BN_Weights
 
 from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from catdog.models import build_network, cached_weights_path
-from torchvision.models import VGG16_BN_Weights
 
 
 @pytest.fixture(scope="module")

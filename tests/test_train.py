@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,11 @@ def test_train_one_epoch_writes_checkpoints(arch, flat_data, tmp_path):
     assert 0 < value < 10  # the best val/logloss, returned for sweepers
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert (out / "metrics.yaml").is_file()
+    result = json.loads((out / "result.json").read_text())
+    assert result["val/logloss"] == pytest.approx(value) and result["epochs"] == 1
+    split = (out / "split.csv").read_text().splitlines()
+    assert split[0] == "path,label,split" and len(split) == 21
+    assert len((out / "oof.csv").read_text().splitlines()) == 1 + sum(line.endswith(",val") for line in split)
     assert list((out / "csv").glob("metrics.csv"))
 
 
@@ -123,9 +128,10 @@ def test_bad_config_fails_before_reading_data(override, key, tmp_path):
 
 def test_cli_demo_then_predict_latest(tmp_path):
     """The README's two commands, shrunk: train the demo, then predict with the checkpoint it made."""
-    env_args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    args.append("paths.log_dir=" + str(tmp_path / "out"))
     run = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "experiment=demo", *env_args, "paths.log_dir=" + str(tmp_path / "out")],
+        [sys.executable, str(ROOT / "train.py"), "experiment=demo", *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -140,4 +146,4 @@ def test_cli_demo_then_predict_latest(tmp_path):
     assert pred.returncode == 0, pred.stderr[-3000:]
     sub = next((tmp_path / "out" / "predict").glob("*/submission.csv"))
     lines = sub.read_text().splitlines()
-    assert lines[0] == "id,label" and len(lines) == 41
+    assert lines[0] == "id,label" and len(lines) == 51  # the demo set has 50 test images
