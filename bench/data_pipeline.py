@@ -5,7 +5,8 @@ baseline: Image.open(path).convert("RGB") + RandomResizedCrop / Resize+CenterCro
 
 Measured single process with one torch thread (= images/s per core), then through a DataLoader with N workers
 (catdog: ImageDataset + make_loader; baseline: a plain Dataset + DataLoader), counted after the first batch so that
-worker start-up is excluded. "per worker" is the DataLoader rate divided by the number of workers.
+worker start-up is excluded. "per worker" is the DataLoader rate divided by the number of workers. Each figure is the
+median of --repeats runs (robust to other processes on a shared machine).
 
 Examples:
     python bench/data_pipeline.py --data /path/to/dogs-vs-cats/train
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
@@ -78,7 +80,7 @@ def single_process(fn, paths) -> tuple[float, str]:
 def with_loader(make_dataset, catdog: bool, paths, labels, workers: int, batch_size: int) -> float:
     dataset = make_dataset(paths, labels)
     if catdog:
-        loader = make_loader(dataset, batch_size, workers, shuffle=True)
+        loader = make_loader(dataset, batch_size, workers, sampler=RandomSampler(dataset))
     else:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
     it = iter(loader)
@@ -99,6 +101,7 @@ def main(argv=None) -> None:
     p.add_argument("--crop-pct", type=float, default=0.875)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: number of CPUs, at most 8)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="each figure is the median of this many runs")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # per-core figures; DataLoader workers use one thread each anyway
@@ -108,8 +111,14 @@ def main(argv=None) -> None:
     rows = []
     with image_list(args.data, args.images, args.synthetic_size, args.seed) as (paths, labels, source):
         for name, (fn, make_dataset, catdog) in pipelines(args.image_size, args.crop_pct).items():
-            single, output = single_process(fn, paths)
-            loader = with_loader(make_dataset, catdog, paths, labels, workers, args.batch_size) if workers else None
+            runs = [single_process(fn, paths) for _ in range(args.repeats)]
+            single, output = statistics.median(r[0] for r in runs), runs[0][1]
+            loader = None
+            if workers:
+                loader = statistics.median(
+                    with_loader(make_dataset, catdog, paths, labels, workers, args.batch_size)
+                    for _ in range(args.repeats)
+                )
             print(
                 f"{name}: {single:.1f} images/s single process, {loader or 0:.1f} with {workers} workers",
                 file=sys.stderr,
@@ -119,7 +128,8 @@ def main(argv=None) -> None:
     print(
         f"\ndata pipeline: {args.image_size} px (eval resize {eval_resize_size(args.image_size, args.crop_pct)}), "
         f"{len(paths)} images from {source}; single process = 1 thread; DataLoader: {workers} workers, "
-        f"batch {args.batch_size}; {os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.2f}\n"
+        f"batch {args.batch_size}; median of {args.repeats} runs; {os.cpu_count()} CPUs; "
+        f"load average at the end {os.getloadavg()[0]:.2f}\n"
     )
     print(
         markdown_table(

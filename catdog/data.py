@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog.demo import make_demo_dataset
 from catdog.errors import BadImageError, ConfigError, DatasetError
@@ -31,11 +31,34 @@ def check_policy(value: str, key: str = "data.on_bad_image") -> str:
     return value
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch); yields ``epoch * n + i`` so the dataset knows the epoch.
+
+    Unlike ``shuffle=True`` it draws nothing from the global RNG, so a resumed run sees the same order and
+    the same augmentations as an uninterrupted one, whatever the number of workers.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0):
+        self.n, self.seed, self.epoch = n, int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        offset = self.epoch * self.n
+        return iter((torch.randperm(self.n, generator=g) + offset).tolist())
+
+
 class ImageDataset(Dataset):
     """Images (and optional labels) -> ``(uint8 CHW tensor, label, index)``.
 
     With ``on_bad_image="skip"`` an image that fails to decode yields ``None`` (dropped by :func:`collate_skip_none`)
-    and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`.
+    and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`. With ``seed`` set, indices
+    come from :class:`EpochShuffleSampler` and each sample's augmentation is seeded by (seed, epoch, index).
     """
 
     def __init__(
@@ -45,7 +68,9 @@ class ImageDataset(Dataset):
         transform: Callable,
         on_bad_image: str = "skip",
         draft_size: int | None = None,
+        seed: int | None = None,
     ):
+        self.seed = seed
         self.paths = [str(p) for p in paths]
         self.labels = list(labels) if labels is not None else None
         self.transform = transform
@@ -56,6 +81,9 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        epoch = 0
+        if self.seed is not None:
+            epoch, index = divmod(index, len(self.paths))
         path = self.paths[index]
         try:
             image = load_image(path, draft_size=self.draft_size)
@@ -64,7 +92,12 @@ class ImageDataset(Dataset):
                 raise
             warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
             return None
-        x = self.transform(image)
+        if self.seed is None:
+            x = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+                x = self.transform(image)
         label = self.labels[index] if self.labels is not None else -1
         return x, label, index
 
@@ -85,11 +118,13 @@ def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False):
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
+        # Its own generator: creating an iterator then draws nothing from the global RNG (which dropout uses).
+        generator=torch.Generator().manual_seed(0),
         drop_last=drop_last,
         num_workers=num_workers,
         collate_fn=collate_skip_none,
@@ -194,9 +229,10 @@ class CatDogDataModule(pl.LightningDataModule):
         return eval_resize_size(self.hparams.image_size, self.hparams.crop_pct)
 
     def train_dataset(self) -> ImageDataset:
-        transform = train_transform(self.hparams.image_size, **self.augment)
+        hp = self.hparams
+        transform = train_transform(hp.image_size, **self.augment)
         return ImageDataset(
-            self.train_set.paths, self.train_set.labels, transform, self.hparams.on_bad_image, self._draft()
+            self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed
         )
 
     def val_dataset(self) -> ImageDataset:
@@ -206,10 +242,12 @@ class CatDogDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        drop_last = len(self.train_set) > self.hparams.batch_size
-        return make_loader(
-            self.train_dataset(), self.hparams.batch_size, self.num_workers, shuffle=True, drop_last=drop_last
-        )
+        dataset = self.train_dataset()
+        # On resume Lightning builds the loader after restoring the epoch counter: start the shuffle there.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch)
+        drop_last = len(dataset) > self.hparams.batch_size
+        return make_loader(dataset, self.hparams.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         bs = self.hparams.eval_batch_size or self.hparams.batch_size * 2

@@ -95,14 +95,13 @@ def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> 
     return {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
 
 
-def finalize_ensemble(run_dir: str | os.PathLike) -> dict:
+def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = None) -> dict:
     """Combine finished ``fold_<i>/`` runs into ``oof.csv``, ``scores.csv``/``.md`` and ``manifest.json``."""
     run_dir = Path(run_dir)
-    folds = sorted(run_dir.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]) if p.name[5:].isdigit() else -1)
-    settings_path = run_dir / "kfold.json"
-    expected = json.loads(settings_path.read_text())["data.folds"] if settings_path.is_file() else len(folds)
-    done = [d for d in folds if (d / RESULT_NAME).is_file()]
-    missing = sorted(set(range(expected)) - {int(d.name.split("_")[1]) for d in done})
+    done = [d for d in run_dir.glob("fold_*") if d.name[5:].isdigit() and (d / RESULT_NAME).is_file()]
+    done.sort(key=lambda d: int(d.name[5:]))
+    expected = expected_folds or len(done)
+    missing = sorted(set(range(expected)) - {int(d.name[5:]) for d in done})
     if missing:
         raise DatasetError(f"{run_dir}: fold(s) {missing} have not finished; run the same command again to finish them")
     all_paths, all_probs, all_labels, members, fold_rows, classes = [], [], [], [], [], None

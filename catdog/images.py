@@ -2,18 +2,21 @@
 
 :func:`load_image` is the only place images are decoded. Whatever is on disk (an empty file, a web page saved as
 ``.jpg``, a truncated download, a special file, a decompression bomb), it returns an RGB image or raises
-:class:`BadImageError` naming the file; it never raises anything else and never allocates more than
-``MAX_PIXELS`` pixels.
+:class:`BadImageError` naming the file; it never raises anything else and never decodes an image of more
+than ``MAX_PIXELS`` pixels (refused from its header, before the pixels are allocated).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -21,6 +24,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from catdog.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 # The decoders tried, whatever the extension says (a PNG saved as .jpg still decodes). Other Pillow plugins are
@@ -48,6 +52,7 @@ def is_image_file(path: str | bytes | os.PathLike) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+@functools.cache
 def _open_formats() -> tuple[str, ...]:
     Image.init()
     return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
@@ -71,7 +76,7 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparency is composited on white."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode in _SIXTEEN_BIT_MODES:
         return _to_8bit_gray(img).convert("RGB")
@@ -142,7 +147,9 @@ def _open_file(path: str):
         raise
 
 
-def _decode(path: str, draft_size: int | None, max_pixels: int, header_only: bool) -> Image.Image | None:
+@contextmanager
+def _opened(path: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The identified, size-checked image at ``path``, pixels not yet decoded; closed on exit."""
     fh, size = _open_file(path)
     with fh:
         if size == 0:
@@ -154,20 +161,27 @@ def _decode(path: str, draft_size: int | None, max_pixels: int, header_only: boo
             raise BadImageError(path, _describe(fh.read(64), size)) from None
         with img:
             _check_size(path, img, max_pixels)
-            if header_only:
-                img.verify()
-                return None
-            if draft_size and draft_size > 0 and img.format in ("JPEG", "MPO"):
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            return _to_rgb(_apply_orientation(img, path))
+            yield img
 
 
-def _decode_or_raise(path, draft_size: int | None, max_pixels: int | None, header_only: bool) -> Image.Image | None:
+def _decode(path: str, draft_size: int | None, max_pixels: int) -> Image.Image:
+    with _opened(path, max_pixels) as img:
+        if draft_size and draft_size > 0 and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return _to_rgb(_apply_orientation(img, path))
+
+
+def _verify_header(path: str, max_pixels: int) -> None:
+    with _opened(path, max_pixels) as img:
+        img.verify()
+
+
+def _guarded(path: str | bytes | os.PathLike, read: Callable[[str], T]) -> T:
+    """``read(path)``, with every failure turned into a :class:`BadImageError` naming ``path``."""
     path = _fspath(path)
-    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        return _decode(path, draft_size, max_pixels, header_only)
+        return read(path)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -191,9 +205,8 @@ def load_image(
     refused from their header, before any pixel is allocated. Any failure raises :class:`BadImageError` naming the
     file.
     """
-    img = _decode_or_raise(path, draft_size, max_pixels, header_only=False)
-    assert img is not None
-    return img
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    return _guarded(path, lambda p: _decode(p, draft_size, limit))
 
 
 def check_image(path: str | bytes | os.PathLike, full: bool = True) -> str | None:
@@ -202,7 +215,7 @@ def check_image(path: str | bytes | os.PathLike, full: bool = True) -> str | Non
         if full:
             load_image(path, draft_size=64)
         else:
-            _decode_or_raise(path, None, None, header_only=True)
+            _guarded(path, lambda p: _verify_header(p, MAX_PIXELS))
         return None
     except BadImageError as exc:
         return exc.reason

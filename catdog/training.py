@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from catdog.data import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
@@ -134,13 +134,28 @@ def fit_one(cfg: DictConfig) -> dict:
 
 
 def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
-    """A k-fold folder restarted for resume must be the same experiment: same data, folds and seed."""
-    settings = {"data.dir": str(cfg.data.dir), "data.folds": int(cfg.data.folds), "seed": int(cfg.seed)}
+    """A k-fold folder restarted to resume must hold the same experiment (data, model, trainer, seed)."""
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
+    settings = {
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "trainer": trainer,
+        "seed": cfg.seed,
+    }
+    settings = json.loads(json.dumps(settings, default=str))
     path = run_dir / KFOLD_SETTINGS
     if path.is_file():
         before = json.loads(path.read_text())
-        if before != settings:
-            raise ConfigError(f"{run_dir} holds a k-fold run with {before}, but this run asks for {settings}")
+        changed = sorted(
+            f"{group}.{k}" for group in settings if isinstance(settings[group], dict)
+            for k in set(settings[group]) | set(before.get(group, {}))
+            if settings[group].get(k) != before.get(group, {}).get(k)
+        ) + (["seed"] if before.get("seed") != settings["seed"] else [])  # fmt: skip
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds a k-fold run of another configuration (differs in {', '.join(changed)}); "
+                "resume it with the same settings or use a new output folder"
+            )
     else:
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
@@ -162,7 +177,7 @@ def train_kfold(cfg: DictConfig) -> dict:
             fold_cfg.ckpt_path = None
         log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, fold_dir)
         fit_one(fold_cfg)
-    return finalize_ensemble(run_dir)
+    return finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader
 
 import catdog.images as images
 from catdog import training
-from catdog.data import CatDogDataModule, ImageDataset, collate_skip_none, make_loader
+from catdog.data import CatDogDataModule, ImageDataset, collate_skip_none
 from catdog.errors import BadImageError, DatasetError
 from catdog.images import check_image, find_bad_images, is_image_file, list_image_files, load_image
 from catdog.layouts import detect_layout, find_unlabelled, read_class_folders, read_flat_folder, read_labelled
@@ -230,6 +231,12 @@ def test_grey_and_rgb_png_with_transparent_colour(tmp_path):
     grey.save(tmp_path / "l.png", transparency=0)
     out = np.asarray(load_image(tmp_path / "l.png"), dtype=int)
     assert (out[:, :2] == 255).all() and (out[:, 2:] == 200).all()
+
+    rgb = Image.new("RGB", (4, 2), BLUE)
+    rgb.paste(RED, (2, 0, 4, 2))
+    rgb.save(tmp_path / "rgb.png", transparency=BLUE)
+    out = np.asarray(load_image(tmp_path / "rgb.png"), dtype=int)
+    assert (out[:, :2] == 255).all() and (out[:, 2:] == RED).all()
 
 
 def _left_red_right_blue(size=(40, 20)) -> Image.Image:
@@ -707,7 +714,7 @@ def test_fit_survives_files_corrupted_after_setup(flat_data, tmp_path):
     for p in dm.train_set.paths[:3] + dm.val_set.paths[:1]:  # includes a whole batch of bad files
         Path(p).write_bytes(_encoded("JPEG", (64, 48))[:200])
     Path(dm.train_set.paths[3]).unlink()
-    loader = make_loader(dm.train_dataset(), 2, 0)
+    loader = DataLoader(dm.train_dataset(), batch_size=2, collate_fn=collate_skip_none)
     seen = sum(len(b[2]) for b in loader)
     assert seen == len(dm.train_set) - 4
     model = training.build_model(cfg, dm.classes)

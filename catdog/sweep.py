@@ -1,0 +1,67 @@
+"""Hydra callback for multiruns: a summary table of every job, and k-fold assembly when the sweep was over folds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, _csv_text, finalize_ensemble, markdown_table
+from catdog.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/acc", "epochs", "wall_time_s")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def sweep_rows(sweep_dir: Path) -> list[tuple]:
+    """One row per job folder of a multirun: its overrides and its result (single run or k-fold ensemble)."""
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
+        overrides = " ".join(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        if (job / RESULT_NAME).is_file():
+            r = json.loads((job / RESULT_NAME).read_text())
+            rows.append((job.name, overrides, r["val/logloss"], r["val/acc"], r["epochs"], r["wall_time_s"]))
+        elif (job / MANIFEST_NAME).is_file():
+            oof = json.loads((job / MANIFEST_NAME).read_text())["oof"]
+            rows.append((job.name, overrides + " (k-fold OOF)", oof["logloss"], oof["acc"], None, None))
+        else:
+            rows.append((job.name, overrides + " (no result)", None, None, None, None))
+    return rows
+
+
+def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
+    sweep_dir = Path(sweep_dir)
+    rows = sweep_rows(sweep_dir)
+    if not rows:
+        return None
+    text_rows = [tuple(_fmt(v) for v in r) for r in rows]
+    atomic_write_text(sweep_dir / "summary.csv", _csv_text(SUMMARY_HEADER, text_rows))
+    atomic_write_text(sweep_dir / "summary.md", markdown_table(SUMMARY_HEADER, text_rows))
+    print(markdown_table(SUMMARY_HEADER, text_rows))
+    return sweep_dir / "summary.md"
+
+
+class SweepSummary(Callback):
+    """At the end of ``train.py -m ...``: ``summary.csv``/``summary.md`` in the sweep folder; with a sweep over
+    ``data.fold`` the folds are assembled into an ensemble there, as a single k-fold run would be."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        folds = OmegaConf.select(config, "data.folds")
+        fold_runs = list(sweep_dir.glob(f"fold_*/{RESULT_NAME}"))
+        if folds and fold_runs:
+            try:
+                finalize_ensemble(sweep_dir, expected_folds=int(folds))
+            except Exception as exc:  # noqa: BLE001 - a summary must not hide the sweep's results
+                log.warning("could not assemble the k-fold ensemble in %s: %s", sweep_dir, exc)
+        write_sweep_summary(sweep_dir)
