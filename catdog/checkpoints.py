@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from catdog.errors import CheckpointError
+from catdog.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
 BEST_NAME = "best.ckpt"
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, so a crafted file cannot run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def _safe_load(path: Path, map_location="cpu") -> Any:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled Python objects that could run code, and catdog only "
@@ -31,6 +29,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, so a crafted file cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    ckpt = _safe_load(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path} is not a catdog checkpoint (no state_dict / hyper_parameters)")
     return ckpt
@@ -83,3 +89,17 @@ def resolve_checkpoint(ckpt: str, outputs: str | os.PathLike = "outputs") -> Pat
     if not path.is_file():
         raise CheckpointError(f"ckpt={path}: no such file")
     return path
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes atomically beside the target and never unpickles code on load."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return _safe_load(path, map_location or "cpu")

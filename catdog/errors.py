@@ -1,5 +1,7 @@
 """Exceptions raised by catdog: each message names the file or config key at fault."""
 
+import os
+
 
 class CatdogError(Exception):
     """Base class for every error catdog raises on purpose."""
@@ -13,13 +15,18 @@ class DatasetError(CatdogError):
     """A dataset folder is missing, empty or laid out in a way catdog cannot read."""
 
 
+def printable_path(path) -> str:
+    """A path for messages and logs: undecodable bytes in file names shown as escapes, never an encoding error."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class BadImageError(CatdogError):
-    """An image file could not be decoded."""
+    """An image file could not be decoded; ``path`` is the path as given, the message shows it printably."""
 
     def __init__(self, path, reason: str):
-        self.path = str(path)
+        self.path = path if isinstance(path, str) else os.fsdecode(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable_path(self.path)}: {reason}")
 
 
 class CheckpointError(CatdogError):

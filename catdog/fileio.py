@@ -15,6 +15,10 @@ class OutputExistsError(CatdogError, FileExistsError):
     """Refusing to overwrite an existing output file."""
 
 
+class OutputWriteError(CatdogError, OSError):
+    """Writing an output failed (disk full, no permission); the previous file, if any, is untouched."""
+
+
 def check_writable(path: str | os.PathLike, overwrite: bool, key: str = "output") -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
@@ -36,12 +40,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, CatdogError):
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            raise OutputWriteError(f"could not write {path}: {exc.strerror or exc}; {kept}") from exc
         raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+    """UTF-8; file names that are not valid UTF-8 (kept by Python as surrogates) are written back as their bytes."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         f.write(text)

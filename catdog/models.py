@@ -31,6 +31,19 @@ def check_arch(arch: str) -> str:
     return arch
 
 
+def check_network_args(arch: str, head: str = "small", width: float = 1.0, weights=None, dropout: float = 0.5) -> None:
+    """Validate the network settings (config keys ``model.*``) without building anything."""
+    check_arch(arch)
+    if head not in HEADS:
+        raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+    if not isinstance(width, (int, float)) or not 0.0 < width <= 1.0:
+        raise ConfigError(f"model.width must be in (0, 1], got {width!r}")
+    if width != 1.0 and weights is not None:
+        raise ConfigError(f"model.width={width} narrows the network, so it needs model.weights=null (got {weights!r})")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {dropout!r}")
+
+
 class VGGClassifier(nn.Module):
     """``backbone`` (the VGG conv stack, torchvision's ``features``) followed by ``head``."""
 
@@ -148,15 +161,9 @@ def build_network(
     """
     from torchvision.models.vgg import VGG
 
-    check_arch(arch)
-    if head not in HEADS:
-        raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+    check_network_args(arch, head, width, weights, dropout)
     if num_classes < 2:
         raise ConfigError(f"the number of classes must be >= 2, got {num_classes}")
-    if not 0.0 < width <= 1.0:
-        raise ConfigError(f"model.width must be in (0, 1], got {width}")
-    if width != 1.0 and weights is not None:
-        raise ConfigError(f"model.width={width} narrows the network, so it needs model.weights=null (got {weights!r})")
     _, batch_norm = ARCHS[arch]
     cfg = [v if v == "M" else max(1, int(round(v * width))) for v in _vgg_cfgs["D"]]
     net = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=1000, init_weights=True)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from catdog.errors import ConfigError
+from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models import build_network
 from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
@@ -31,6 +31,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler: str | None) -> None:
+    """Validate ``model.optimizer``, ``model.finetune`` and ``model.scheduler`` without building anything."""
+    optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
+    finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    lr = optimizer.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+        raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+    if "_target_" not in optimizer:
+        raise ConfigError("model.optimizer needs _target_ (e.g. torch.optim.SGD)")
+    head_epochs, blocks, factor = finetune["head_epochs"], finetune["blocks"], finetune["lr_factor"]
+    if not isinstance(head_epochs, int) or head_epochs < 0:
+        raise ConfigError(f"model.finetune.head_epochs must be an integer >= 0, got {head_epochs!r}")
+    if not isinstance(blocks, int) or not (0 <= blocks <= 5 or blocks == -1):
+        raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {blocks!r}")
+    if not isinstance(factor, (int, float)) or factor <= 0:
+        raise ConfigError(f"model.finetune.lr_factor must be a number > 0, got {factor!r}")
+
+
+class NonFiniteLossError(CatdogError, FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 class ClassifierModule(pl.LightningModule):
@@ -65,14 +89,7 @@ class ClassifierModule(pl.LightningModule):
         optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
         finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
         classes = list(_plain(classes))
-        if scheduler not in SCHEDULERS:
-            raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-        if float(optimizer.get("lr", 0)) <= 0:
-            raise ConfigError(f"model.optimizer.lr must be > 0, got {optimizer.get('lr')}")
-        if int(finetune["head_epochs"]) < 0:
-            raise ConfigError(f"model.finetune.head_epochs must be >= 0, got {finetune['head_epochs']}")
-        if not 0 <= int(finetune["blocks"]) <= 5 and int(finetune["blocks"]) != -1:
-            raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {finetune['blocks']}")
+        check_training_args(optimizer, finetune, scheduler)
         self.save_hyperparameters(
             {
                 "classes": classes,
@@ -173,6 +190,13 @@ class ClassifierModule(pl.LightningModule):
             return None
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            lrs = ", ".join(f"{g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups) if self._trainer else "?"
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(learning rates {lrs}); the run stopped and its checkpoints are those of the last good epoch. "
+                "Lower model.optimizer.lr, or use precision=32-true to rule out overflow."
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
         return loss

@@ -17,15 +17,22 @@ log = logging.getLogger(__name__)
 SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/acc", "epochs", "wall_time_s")
 
 
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+def _fmt(v, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def _job_key(job: Path):
+    return (0, int(job.name), "") if job.name.isdigit() else (1, 0, job.name)
 
 
 def sweep_rows(sweep_dir: Path) -> list[tuple]:
-    """One row per job folder of a multirun: its overrides and its result (single run or k-fold ensemble)."""
+    """One row per job folder of a multirun: the overrides that vary between jobs, and the job's result."""
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()), key=_job_key)
+    job_overrides = [list(OmegaConf.load(job / ".hydra" / "overrides.yaml")) for job in jobs]
+    common = set.intersection(*(set(o) for o in job_overrides)) if len(jobs) > 1 else set()
     rows = []
-    for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
-        overrides = " ".join(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+    for job, all_overrides in zip(jobs, job_overrides):
+        overrides = " ".join(o for o in all_overrides if o not in common)
         if (job / RESULT_NAME).is_file():
             r = json.loads((job / RESULT_NAME).read_text())
             rows.append((job.name, overrides, r["val/logloss"], r["val/acc"], r["epochs"], r["wall_time_s"]))
@@ -42,7 +49,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
     rows = sweep_rows(sweep_dir)
     if not rows:
         return None
-    text_rows = [tuple(_fmt(v) for v in r) for r in rows]
+    text_rows = [(*(_fmt(v) for v in r[:4]), _fmt(r[4]), _fmt(r[5], 1)) for r in rows]
     atomic_write_text(sweep_dir / "summary.csv", _csv_text(SUMMARY_HEADER, text_rows))
     atomic_write_text(sweep_dir / "summary.md", markdown_table(SUMMARY_HEADER, text_rows))
     print(markdown_table(SUMMARY_HEADER, text_rows))

@@ -20,11 +20,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from catdog.checkpoints import SafeCheckpointIO, read_checkpoint
 from catdog.data import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
-from catdog.errors import ConfigError
+from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
-from catdog.models import check_arch
+from catdog.models import check_network_args
+from catdog.module import check_training_args
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ def check_train_config(cfg: DictConfig) -> None:
         image_size=d.image_size, batch_size=d.batch_size, val_fraction=d.val_fraction, folds=d.folds, fold=d.fold,
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
     )  # fmt: skip
-    check_arch(m.arch)
+    check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
+    check_training_args(m.get("optimizer"), m.get("finetune"), m.get("scheduler"))
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")
@@ -75,6 +78,7 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         "callbacks": [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None],
         "logger": hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False,
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
+        "plugins": [SafeCheckpointIO()],
     }
     return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})
 
@@ -88,6 +92,21 @@ def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
         return str(path)
     last = out_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
+
+
+RESUME_KEYS = ("arch", "classes", "head", "head_hidden", "width")
+
+
+def check_resume_matches(path: str, model) -> None:
+    """Refuse to resume from a checkpoint of another network or other classes, naming both sides."""
+    saved = read_checkpoint(path)["hyper_parameters"]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs config {model.hparams[k]!r}"
+        for k in RESUME_KEYS
+        if saved.get(k) != model.hparams[k]
+    ]
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path}, it does not match this run: " + "; ".join(diffs))
 
 
 def fit_one(cfg: DictConfig) -> dict:
@@ -104,6 +123,8 @@ def fit_one(cfg: DictConfig) -> dict:
     model = build_model(cfg, datamodule.classes)
     trainer = build_trainer(cfg)
     resume = _resume_path(cfg, out_dir)
+    if resume:
+        check_resume_matches(resume, model)
     log.info("precision %s; %s", trainer.precision, f"resuming from {resume}" if resume else "fresh run")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
 

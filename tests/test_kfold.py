@@ -163,3 +163,22 @@ _CRASH = None
 
 def _crash_factory():
     return _CRASH()
+
+
+def test_optuna_search_returns_the_metric_to_the_sampler(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    args = [
+        "hparams_search=optuna", f"data.dir={data}", "model.weights=null", "model.width=0.0625",
+        "model.head_hidden=8", "model.finetune.head_epochs=0", "data.image_size=32", "data.batch_size=4",
+        "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1", f"paths.log_dir={tmp_path / 'out'}",
+    ]  # fmt: skip
+    run = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sweep = next((tmp_path / "out" / "train-multirun").iterdir())
+    best = (sweep / "optimization_results.yaml").read_text()
+    summary = _read_csv(sweep / "summary.csv")
+    assert len(summary) == 2
+    assert f"best_value: {min(float(r['val/logloss']) for r in summary):.4f}"[:16] in best
+    assert all("model.optimizer.lr=" in r["overrides"] and "data.dir" not in r["overrides"] for r in summary)

@@ -1,0 +1,31 @@
+"""Callbacks that inject faults into a training run (imported by subprocesses through Hydra ``_target_``)."""
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+
+
+class KillAt(pl.Callback):
+    """SIGKILL this very process at the start of batch ``batch`` of epoch ``epoch``: no cleanup, no final save."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAt(pl.Callback):
+    """Fill the head's weights with NaN at the start of epoch ``epoch``: the next loss is NaN."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for p in pl_module.net.head.parameters():
+                    p.fill_(float("nan"))

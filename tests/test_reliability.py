@@ -1,0 +1,164 @@
+"""Crashes, disk-full, non-finite losses, untrusted or mismatched checkpoints, and bad configuration."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from catdog.checkpoints import SafeCheckpointIO, read_checkpoint
+from catdog.errors import CheckpointError, ConfigError
+from catdog.fileio import OutputWriteError, atomic_write_text
+from catdog.module import NonFiniteLossError
+from catdog.training import train
+from tests.conftest import TINY, make_flat, tiny_train_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_cli(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=10, test=0)
+    common = [
+        *TINY,
+        f"data.dir={data}",
+        "trainer.max_epochs=3",
+        "model.finetune.head_epochs=1",
+        "model.finetune.blocks=2",
+    ]
+    full = _train_cli([*common, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    killed = _train_cli(
+        [*common, f"hydra.run.dir={run_dir}", "+callbacks.kill._target_=tests.helpers.KillAt",
+         "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1"],
+        tmp_path,
+    )  # fmt: skip
+    assert killed.returncode == -9  # really killed, mid-epoch
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 1  # the epoch-1 checkpoint is whole
+    assert not list((run_dir / "checkpoints").glob(".*tmp"))
+
+    # Same command, same folder: it resumes from last.ckpt on its own.
+    resumed = _train_cli([*common, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((run_dir / "result.json").read_text())
+    assert b["val/logloss"] == pytest.approx(a["val/logloss"], abs=1e-6)
+    assert b["epochs"] == a["epochs"] == 3
+
+
+def test_finished_run_folder_is_not_trained_over(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    train(tiny_train_cfg(data, tmp_path / "run"))
+    before = (tmp_path / "run" / "checkpoints" / "best.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        train(tiny_train_cfg(data, tmp_path / "run"))
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").read_bytes() == before
+
+
+def test_checkpoint_write_interrupted_keeps_previous_file(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {}}, target)
+    good = target.read_bytes()
+
+    def half_then_crash(obj, f, *args, **kwargs):
+        f.write(good[: len(good) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_crash)
+    with pytest.raises(OutputWriteError, match=r"last.ckpt: No space left on device; the previous file is kept"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {}}, target)
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no half-written temp file left
+
+
+def test_text_write_disk_full_keeps_previous(tmp_path, monkeypatch):
+    target = tmp_path / "submission.csv"
+    atomic_write_text(target, "id,label\n1,0.5\n")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputWriteError, match="previous file is kept"):
+        atomic_write_text(target, "id,label\n1,0.9\n")
+    assert target.read_text() == "id,label\n1,0.5\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_nan_loss_stops_with_context_and_keeps_last_good_checkpoint(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    cfg = tiny_train_cfg(data, tmp_path / "run", "trainer.max_epochs=3")
+    with open_dict(cfg):
+        cfg.callbacks["poison"] = {"_target_": "tests.helpers.PoisonAt", "epoch": 1}
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step \d+ \(learning rates [0-9.e-]+"):
+        train(cfg)
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_malicious_checkpoint_refused_on_resume(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": Evil()}, evil)
+    data = make_flat(tmp_path / "data", per_class=4, test=0)
+    with pytest.raises(CheckpointError, match="refusing to load .*evil.ckpt"):
+        train(tiny_train_cfg(data, tmp_path / "run", f"ckpt_path={evil}"))
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_resume_from_other_architecture_names_both_sides(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=4, test=0)
+    train(tiny_train_cfg(data, tmp_path / "a", "model.arch=vgg16"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="arch: checkpoint 'vgg16' vs config 'vgg16_bn'"):
+        train(tiny_train_cfg(data, tmp_path / "b", "model.arch=vgg16_bn", f"ckpt_path={last}"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=-4", r"data\.batch_size must be a positive integer"),
+        ("ensemble.size=1", r"data\.folds must be an integer >= 2"),
+        ("data.folds=-3", r"data\.folds must be an integer >= 2"),
+        ("data.fold=0", r"data\.fold=0 needs data\.folds"),
+        ("model.width=2", r"model\.width must be in \(0, 1\]"),
+        ("model.head=big", r"model\.head must be one of \['small', 'vgg'\]"),
+        ("model.optimizer.lr=-1", r"model\.optimizer\.lr must be a number > 0"),
+        ("model.finetune.blocks=7", r"model\.finetune\.blocks must be 0\.\.5 or -1"),
+        ("model.scheduler=step", r"model\.scheduler must be one of"),
+        ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
+        ("trainer.max_epochs=-5", r"trainer\.max_epochs must be a positive integer"),
+        ("data.verify=maybe", r"data\.verify must be one of"),
+    ],
+)
+def test_bad_config_one_line_error_before_any_data_is_read(override, message, tmp_path):
+    cfg = tiny_train_cfg(tmp_path / "no-such-data", tmp_path / "run", override)
+    with pytest.raises(ConfigError, match=message) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_fold_out_of_range(tmp_path):
+    cfg = tiny_train_cfg(tmp_path / "no-such-data", tmp_path / "run", "data.folds=3", "data.fold=3")
+    with pytest.raises(ConfigError, match=r"data\.fold must be in 0\.\.2"):
+        train(cfg)
