@@ -102,7 +102,7 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same actionable message
         raise WeightsUnavailableError(
             f"cannot get the ImageNet weights for {arch} ({type(exc).__name__}: {exc}).\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
 from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
@@ -68,10 +68,13 @@ def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[st
     return [p for p in paths if str(p) not in bad_set], bad
 
 
-def _default_input(model) -> Path:
-    root = model.datamodule_hparams.get("dir")
+def _default_input(cfg: DictConfig, model) -> Path:
+    """``data.dir/test``, where ``data.dir`` defaults to the dataset the checkpoint was trained on."""
+    root = OmegaConf.select(cfg, "data.dir") or model.datamodule_hparams.get("dir")
     if not root:
-        raise ConfigError("input= is required: the checkpoint does not say which dataset it was trained on")
+        raise ConfigError(
+            "input= (or data.dir=) is required: the checkpoint does not say which dataset it was trained on"
+        )
     return Path(root) / "test"
 
 
@@ -102,7 +105,7 @@ def predict(cfg: DictConfig):
     model = load_classifier(members[0])
     classes = model.classes
     log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
-    source = Path(cfg.input) if cfg.input else _default_input(model)
+    source = Path(cfg.input) if cfg.input else _default_input(cfg, model)
 
     if cfg.labelled:
         images = read_labelled(source, classes=classes)
@@ -121,7 +124,10 @@ def predict(cfg: DictConfig):
                 raise CheckpointError(
                     f"ensemble members disagree on classes: {members[0]} has {classes}, {member} has {model.classes}"
                 )
-        member_probs.append(_predict_member(model, kept, tta, device, cfg.batch_size, workers))
+        probs = _predict_member(model, kept, tta, device, cfg.batch_size, workers)
+        if not np.isfinite(probs).all():
+            raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
+        member_probs.append(probs)
         del model
     probs = clip_probs(combine(member_probs, mode), clip)
     id_of = dict(zip(paths, ids))

@@ -115,6 +115,13 @@ def test_bad_images_skipped_on_request(trained, tmp_path, caplog):
     assert "ids missing from the output: 2" in caplog.text
 
 
+def test_data_dir_selects_the_test_folder(trained, tmp_path):
+    ckpt, _ = trained
+    make_image(tmp_path / "other" / "test" / "42.jpg")
+    rows = _read(_predict(ckpt, tmp_path, f"data.dir={tmp_path / 'other'}"))
+    assert [r[0] for r in rows[1:]] == ["42"]
+
+
 def test_input_single_file_and_nested_test_folder(trained, tmp_path):
     ckpt, _ = trained
     img = make_image(tmp_path / "in" / "test" / "cat_photo.jpg")

@@ -162,3 +162,20 @@ def test_fold_out_of_range(tmp_path):
     cfg = tiny_train_cfg(tmp_path / "no-such-data", tmp_path / "run", "data.folds=3", "data.fold=3")
     with pytest.raises(ConfigError, match=r"data\.fold must be in 0\.\.2"):
         train(cfg)
+
+
+def test_checkpoint_with_nan_weights_gives_no_submission(tmp_path):
+    from catdog.prediction import predict
+    from tests.conftest import compose_predict
+
+    data = make_flat(tmp_path / "data", per_class=4, test=3)
+    train(tiny_train_cfg(data, tmp_path / "run"))
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    for k, v in ckpt["state_dict"].items():
+        if k.startswith("net.head.") and v.is_floating_point():
+            v.fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    cfg = compose_predict([f"ckpt={tmp_path / 'nan.ckpt'}", "num_workers=0", "device=cpu"], output_dir=tmp_path / "p")
+    with pytest.raises(CheckpointError, match="nan.ckpt produced non-finite probabilities"):
+        predict(cfg)
+    assert not (tmp_path / "p" / "submission.csv").exists()
