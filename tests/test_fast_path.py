@@ -25,9 +25,9 @@ def test_uint8_preprocessing_matches_the_float_pipeline(tmp_path):
     """Resize + centre crop to uint8, normalized on the device == torchvision's float ToTensor + Normalize path."""
     path = make_image(tmp_path / "a.png", size=(150, 110), seed=3)
     fast = normalize(eval_transform(64)(load_image(path)).unsqueeze(0), *_stats())
-    plain = T.Compose(
-        [T.Resize(73), T.CenterCrop(64), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )(Image.open(path).convert("RGB"))
+    plain = T.Compose([T.Resize(73), T.CenterCrop(64), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(
+        Image.open(path).convert("RGB")
+    )
     # The only difference is rounding to uint8 before normalizing: half a grey level / std.
     torch.testing.assert_close(fast[0], plain, atol=0.5 / 255 / min(IMAGENET_STD) + 1e-4, rtol=0)
 
