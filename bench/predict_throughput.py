@@ -1,9 +1,8 @@
 """Prediction throughput (images/s) for tta=0 and tta=N: catdog's loader + predict_loader, and the model alone.
 
 For each configuration (precision x memory layout) and each TTA depth:
-  loader:     ImageDataset + eval_transform + make_loader over JPEGs, then catdog.prediction.predict_loader (the same
-              loop with CPU bf16 autocast for the CPU bf16 configurations, and with autocast off for CUDA fp32 ones,
-              which predict_loader does not offer). Includes DataLoader worker start-up.
+  loader:     ImageDataset + eval_transform + make_loader over JPEGs, then catdog.prediction.predict_loader with the
+              row's precision (predict.py's precision=32|bf16|16). Includes DataLoader worker start-up.
   model-only: a synthetic uint8 batch already on the device through ClassifierModule.predict_proba(x, tta).
 images/s counts input images (not views); "time x" is the time of tta=N over the time of tta=0 for that row's
 configuration.
@@ -21,7 +20,6 @@ import contextlib
 import os
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,25 +51,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-@torch.inference_mode()
-def loop_with_autocast(model, loader, tta: int, device: torch.device, dtype: torch.dtype | None) -> np.ndarray:
-    """predict_loader's loop with the autocast dtype chosen by the caller (None: plain fp32)."""
-    model.to(device).eval()
-    probs = []
-    for x, _, _ in loader:
-        if x.numel() == 0:
-            continue
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            probs.append(model.predict_proba(x, tta).float().cpu())
-    return torch.cat(probs).numpy()
-
-
-def uses_predict_loader(device: torch.device, dtype: torch.dtype | None) -> bool:
-    """predict_loader autocasts exactly when the device is CUDA."""
-    return (device.type == "cuda") == (dtype is not None)
 
 
 def build_model(args, channels_last: bool, device: torch.device) -> ClassifierModule:
@@ -110,10 +89,8 @@ def loader_rate(args, model, device, dtype, tta: int, paths) -> float:
     )
     loader = make_loader(dataset, args.batch_size, args.workers)
     t0 = now(device)
-    if uses_predict_loader(device, dtype):
-        probs, _ = predict_loader(model, loader, tta, device)
-    else:
-        probs = loop_with_autocast(model, loader, tta, device, dtype)
+    precision = {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}[dtype]
+    probs, _ = predict_loader(model, loader, tta, device, precision)
     elapsed = now(device) - t0
     assert len(probs) == len(paths)
     return len(paths) / elapsed
@@ -170,7 +147,6 @@ def main(argv=None) -> None:
                     model, device, dtype, tta, args.batch_size, args.image_size, args.warmup, args.repeats
                 )
                 l_rate = None if args.skip_loader else loader_rate(args, model, device, dtype, tta, paths)
-                method = "predict_loader" if uses_predict_loader(device, dtype) else "same loop, own autocast"
                 if ref_model is None:
                     ref_loader, ref_model = l_rate, m_rate
                 print(
@@ -185,7 +161,6 @@ def main(argv=None) -> None:
                         ref_loader / l_rate if l_rate else "-",
                         m_rate,
                         ref_model / m_rate,
-                        method,
                     ]
                 )
             del model
@@ -198,7 +173,7 @@ def main(argv=None) -> None:
     )
     print(
         markdown_table(
-            ["config", "tta", "loader img/s", "loader time x", "model-only img/s", "model-only time x", "loop"],
+            ["config", "tta", "loader img/s", "loader time x", "model-only img/s", "model-only time x"],
             rows,
         )
     )

@@ -174,3 +174,15 @@ def test_exif_rotated_image_is_upright(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     img.save(tmp_path / "r.jpg", exif=exif)
     assert load_image(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_bf16_prediction_on_cpu_is_close_to_fp32(trained, tmp_path):
+    ckpt, _ = trained
+    fp32 = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "a", "precision=32"))[1:]])
+    try:
+        bf16 = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "b", "precision=bf16"))[1:]])
+    except RuntimeError as exc:  # pragma: no cover - CPUs without bf16 kernels
+        pytest.skip(f"no bf16 on this CPU: {exc}")
+    np.testing.assert_allclose(bf16, fp32, atol=3e-2)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        _predict(ckpt, tmp_path / "c", "precision=fp8")
