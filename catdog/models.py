@@ -115,6 +115,19 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(old_timeout)
 
 
+def check_weights_available(arch: str, weights: str | None) -> None:
+    """Before any data is read: make sure the requested weights can be had (download ImageNet ones into the cache)."""
+    if weights is None:
+        return
+    if weights == "imagenet":
+        if not cached_weights_path(ARCHS[check_arch(arch)][0]).is_file():
+            _imagenet_state_dict(arch)  # downloads into torchvision's cache, or raises with what to do
+        return
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"model.weights file not found: {path}")
+
+
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A torchvision VGG state dict from a local file (never unpickles code: ``weights_only=True``)."""
     path = Path(path).expanduser()

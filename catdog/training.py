@@ -25,7 +25,7 @@ from catdog.data import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
-from catdog.models import check_network_args
+from catdog.models import check_network_args, check_weights_available
 from catdog.module import check_training_args
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def check_train_config(cfg: DictConfig) -> None:
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
     check_training_args(m.get("optimizer"), m.get("finetune"), m.get("scheduler"))
+    check_weights_available(m.arch, m.get("weights"))
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")

@@ -87,3 +87,21 @@ def test_imagenet_uses_torchvision_cache(monkeypatch, tmp_path, vgg16_features_f
 def test_bad_model_config(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_network(**kwargs)
+
+
+def test_train_stops_on_missing_weights_before_reading_data(monkeypatch, tmp_path):
+    from catdog.training import train
+    from tests.conftest import tiny_train_cfg
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    cfg = tiny_train_cfg(tmp_path / "no-data-here", tmp_path / "run", "model.weights=imagenet", "model.width=1.0")
+    with pytest.raises(WeightsUnavailableError, match="vgg16_bn-6c64b313.pth"):
+        train(cfg)  # a DatasetError would mean the data was read first
+    assert calls
