@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from catdog.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 DEMO_CLASSES = ("cat", "dog")
+MARKER = ".catdog-demo"
 
 
 def _scene(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.Image:
@@ -34,11 +39,32 @@ def _scene(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image
 
 
 def make_demo_dataset(root: str | os.PathLike, per_class: int = 300, test: int = 50, seed: int = 0) -> Path:
-    """Write the synthetic dataset under ``root`` (idempotent: an existing complete dataset is reused)."""
+    """Write the synthetic dataset to ``root`` (an existing complete one is reused; any other folder is left alone).
+
+    It is generated in a temporary folder beside ``root`` and renamed into place, so an interrupted generation
+    leaves nothing half-made at ``root``.
+    """
     root = Path(root)
-    done = root / ".complete"
-    if done.exists():
+    if (root / MARKER).exists():
         return root
+    if root.exists():
+        raise DatasetError(
+            f"data.demo=true would write the synthetic dataset to {root}, which exists and is not a catdog demo "
+            "dataset; choose another data.dir or remove that folder"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _write_demo(tmp, per_class, test, seed)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote the synthetic demo dataset to %s (%d train, %d test images)", root, 2 * per_class, test)
+    return root
+
+
+def _write_demo(root: Path, per_class: int, test: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True, exist_ok=True)
     (root / "test").mkdir(parents=True, exist_ok=True)
@@ -51,6 +77,4 @@ def make_demo_dataset(root: str | os.PathLike, per_class: int = 300, test: int =
             _scene(rng, label, size()).save(root / "train" / f"{name}.{i}.jpg", quality=90)
     for i in range(test):
         _scene(rng, int(rng.integers(0, 2)), size()).save(root / "test" / f"{i + 1}.jpg", quality=90)
-    done.write_text("ok\n")
-    log.info("wrote the synthetic demo dataset to %s (%d train, %d test images)", root, 2 * per_class, test)
-    return root
+    (root / MARKER).write_text("catdog synthetic demo dataset\n")
