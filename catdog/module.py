@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from catdog.tta import average_views, check_tta, make_views
 
 log = logging.getLogger(__name__)
+
+# Frozen blocks' BatchNorm layers are in eval mode on purpose (see ClassifierModule); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
 DEFAULT_FINETUNE = {"head_epochs": 1, "blocks": 1, "lr_factor": 0.1}
