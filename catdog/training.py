@@ -132,6 +132,10 @@ def fit_one(cfg: DictConfig) -> dict:
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     if trainer.interrupted:
+        log.warning(
+            "interrupted; to resume, run the same command with hydra.run.dir=%s (or ckpt_path=%s)",
+            out_dir, out_dir / "checkpoints" / "last.ckpt",
+        )  # fmt: skip
         raise KeyboardInterrupt
     if trainer.val_dataloaders is not None and not trainer.fast_dev_run:
         # Score the best checkpoint (not the last epoch) and keep its predictions as out-of-fold predictions.
@@ -155,15 +159,21 @@ def fit_one(cfg: DictConfig) -> dict:
     return result
 
 
+# Settings that do not change what a fold computes: a k-fold run may be resumed with other values.
+_RESUME_FREE = {
+    "data": {"num_workers", "eval_batch_size", "verify", "cache", "cache_dir", "demo"},
+    "trainer": {"default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps"},
+}
+
+
 def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
     """A k-fold folder restarted to resume must hold the same experiment (data, model, trainer, seed)."""
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
-    settings = {
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "trainer": trainer,
-        "seed": cfg.seed,
-    }
+
+    def group(name: str, resolve: bool = True) -> dict:
+        values = OmegaConf.to_container(cfg[name], resolve=resolve)
+        return {k: v for k, v in values.items() if k not in _RESUME_FREE.get(name, ())}
+
+    settings = {"data": group("data"), "model": group("model"), "trainer": group("trainer", False), "seed": cfg.seed}
     settings = json.loads(json.dumps(settings, default=str))
     path = run_dir / KFOLD_SETTINGS
     if path.is_file():
