@@ -182,3 +182,11 @@ def test_optuna_search_returns_the_metric_to_the_sampler(tmp_path):
     assert len(summary) == 2
     assert f"best_value: {min(float(r['val/logloss']) for r in summary):.4f}"[:16] in best
     assert all("model.optimizer.lr=" in r["overrides"] and "data.dir" not in r["overrides"] for r in summary)
+
+
+def test_latest_resolves_to_the_whole_ensemble(kfold_run):
+    from catdog.ensemble import resolve_members
+
+    run, _, _ = kfold_run
+    members = resolve_members("latest", run.parent)
+    assert sorted(str(m.relative_to(run)) for m in members) == [f"fold_{i}/checkpoints/best.ckpt" for i in range(3)]
