@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from catdog.cache import DecodedCache, open_cache
 from catdog.demo import make_demo_dataset
 from catdog.errors import BadImageError, ConfigError, DatasetError
 from catdog.images import find_bad_images, format_bad_images, load_image
@@ -59,6 +60,8 @@ class ImageDataset(Dataset):
     With ``on_bad_image="skip"`` an image that fails to decode yields ``None`` (dropped by :func:`collate_skip_none`)
     and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`. With ``seed`` set, indices
     come from :class:`EpochShuffleSampler` and each sample's augmentation is seeded by (seed, epoch, index).
+    With ``cache`` (a :class:`catdog.cache.DecodedCache` holding every path), pixels are read from the cache instead
+    of decoding the files (``draft_size`` is then unused).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class ImageDataset(Dataset):
         on_bad_image: str = "skip",
         draft_size: int | None = None,
         seed: int | None = None,
+        cache: DecodedCache | None = None,
     ):
         self.seed = seed
         self.paths = [str(p) for p in paths]
@@ -76,6 +80,8 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.on_bad_image = check_policy(on_bad_image)
         self.draft_size = draft_size
+        self.cache = cache
+        self.cache_rows = cache.rows(self.paths) if cache is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -84,9 +90,11 @@ class ImageDataset(Dataset):
         epoch = 0
         if self.seed is not None:
             epoch, index = divmod(index, len(self.paths))
-        path = self.paths[index]
         try:
-            image = load_image(path, draft_size=self.draft_size)
+            if self.cache is not None:
+                image = self.cache.get(self.cache_rows[index])
+            else:
+                image = load_image(self.paths[index], draft_size=self.draft_size)
         except BadImageError as exc:
             if self.on_bad_image == "error":
                 raise
@@ -138,6 +146,11 @@ class CatDogDataModule(pl.LightningDataModule):
 
     The split is the separate validation folder when there is one; otherwise a stratified, seeded ``val_fraction``
     split, or fold ``fold`` of ``folds`` (both keep duplicate files together).
+
+    With ``cache=True``, every labelled image (train and validation, before any split) is decoded once into a
+    :class:`catdog.cache.DecodedCache` in ``cache_dir`` at the eval resize size and read from there; later runs over
+    the same files (folds, sweep points with the same image size) reuse it. The build decodes every image, so it
+    takes the place of the ``verify`` scan: unreadable images found by it follow ``on_bad_image`` in the same way.
     """
 
     def __init__(
@@ -156,11 +169,13 @@ class CatDogDataModule(pl.LightningDataModule):
         verify: str = "full",
         demo: bool = False,
         augment: dict | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         check_data_config(
             image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
-            on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size,
+            on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size, cache=cache,
         )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.root = Path(dir).expanduser()
@@ -172,6 +187,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.fold_assignment: list[int] | None = None
         self.all_labelled: LabelledImages | None = None
         self.bad_images: list[tuple[str, str]] = []
+        self.cache: DecodedCache | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -182,7 +198,10 @@ class CatDogDataModule(pl.LightningDataModule):
         layout = detect_layout(self.root)
         self.classes = layout.train.classes
         train, val = layout.train, layout.validation
-        train, val = self._drop_bad(train), self._drop_bad(val) if val is not None else None
+        if hp.cache:
+            train, val = self._open_cache(train, val)
+        else:
+            train, val = self._drop_bad(train), self._drop_bad(val) if val is not None else None
         if hp.folds:
             if val is not None:
                 raise ConfigError(
@@ -205,11 +224,27 @@ class CatDogDataModule(pl.LightningDataModule):
             layout.layout, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
         )  # fmt: skip
 
-    def _drop_bad(self, images: LabelledImages) -> LabelledImages:
-        mode = self.hparams.verify
-        if mode == "none":
-            return images
-        bad = find_bad_images(images.paths, full=mode == "full", workers=max(2, self.num_workers))
+    def _open_cache(
+        self, train: LabelledImages, val: LabelledImages | None
+    ) -> tuple[LabelledImages, LabelledImages | None]:
+        """Open (or build) the cache of every labelled image, then drop the images it could not decode."""
+        paths = train.paths + (val.paths if val is not None else [])
+        cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
+        self.cache = open_cache(paths, self._draft(), cache_dir, workers=max(2, self.num_workers))
+        reasons = dict(self.cache.bad)
+
+        def bad_in(images: LabelledImages) -> list[tuple[str, str]]:
+            return [(p, reasons[p]) for p in images.paths if p in reasons]
+
+        return self._drop_bad(train, bad_in(train)), self._drop_bad(val, bad_in(val)) if val is not None else None
+
+    def _drop_bad(self, images: LabelledImages, bad: list[tuple[str, str]] | None = None) -> LabelledImages:
+        """``images`` without the unreadable ones: ``bad`` if given, else those the ``verify`` scan finds."""
+        if bad is None:
+            mode = self.hparams.verify
+            if mode == "none":
+                return images
+            bad = find_bad_images(images.paths, full=mode == "full", workers=max(2, self.num_workers))
         if not bad:
             return images
         if self.hparams.on_bad_image == "error":
@@ -232,13 +267,14 @@ class CatDogDataModule(pl.LightningDataModule):
         hp = self.hparams
         transform = train_transform(hp.image_size, **self.augment)
         return ImageDataset(
-            self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed
+            self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed, self.cache
         )
 
     def val_dataset(self) -> ImageDataset:
-        transform = eval_transform(self.hparams.image_size, self.hparams.crop_pct)
+        hp = self.hparams
+        transform = eval_transform(hp.image_size, hp.crop_pct)
         return ImageDataset(
-            self.val_set.paths, self.val_set.labels, transform, self.hparams.on_bad_image, self._draft()
+            self.val_set.paths, self.val_set.labels, transform, hp.on_bad_image, self._draft(), cache=self.cache
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -255,7 +291,7 @@ class CatDogDataModule(pl.LightningDataModule):
 
 
 def check_data_config(
-    image_size, batch_size, val_fraction, folds, fold, on_bad_image, verify, eval_batch_size=None
+    image_size, batch_size, val_fraction, folds, fold, on_bad_image, verify, eval_batch_size=None, cache=False
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
     if not isinstance(image_size, int) or image_size < 32:
@@ -276,3 +312,5 @@ def check_data_config(
     check_policy(on_bad_image)
     if verify not in VERIFY_MODES:
         raise ConfigError(f"data.verify must be one of {list(VERIFY_MODES)}, got {verify!r}")
+    if not isinstance(cache, bool):
+        raise ConfigError(f"data.cache must be true or false, got {cache!r}")
