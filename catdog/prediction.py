@@ -55,18 +55,23 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @torch.inference_mode()
 def predict_loader(
-    model, loader, tta: int, device: torch.device, precision: str = "auto"
+    model, loader, tta: int, device: torch.device, precision: str = "auto", compile: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, K), dataset indices (N,)) over a loader of ``(x, label, index)`` batches."""
+    """(probabilities (N, K), dataset indices (N,)) over a loader of ``(x, label, index)`` batches.
+
+    ``compile`` runs the forward pass through ``torch.compile`` (seconds of compilation up front, then faster:
+    see docs/benchmarks.md).
+    """
     model.to(device).eval()
     dtype = autocast_dtype(precision, device)
+    forward = torch.compile(model.predict_proba) if compile else model.predict_proba
     probs, indices = [], []
     for x, _, idx in loader:
         if x.numel() == 0:
             continue
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            p = model.predict_proba(x, tta)
+            p = forward(x, tta)
         probs.append(p.float().cpu())
         indices.append(idx)
     if not probs:
@@ -98,13 +103,13 @@ def _default_input(cfg: DictConfig, model) -> Path:
 
 
 def _predict_member(
-    model, paths: list[str], tta: int, device, batch_size: int, workers: int, precision: str
+    model, paths: list[str], tta: int, device, batch_size: int, workers: int, precision: str, compile: bool
 ) -> np.ndarray:
     """One model's probabilities for ``paths``, in that order, with its own preprocessing."""
     hp = model.hparams
     transform = eval_transform(hp.image_size, hp.crop_pct)
     dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
-    probs, order = predict_loader(model, make_loader(dataset, batch_size, workers), tta, device, precision)
+    probs, order = predict_loader(model, make_loader(dataset, batch_size, workers), tta, device, precision, compile)
     out = np.empty_like(probs)
     out[order] = probs
     return out
@@ -147,7 +152,7 @@ def predict(cfg: DictConfig):
                 raise CheckpointError(
                     f"ensemble members disagree on classes: {members[0]} has {classes}, {member} has {model.classes}"
                 )
-        probs = _predict_member(model, kept, tta, device, cfg.batch_size, workers, precision)
+        probs = _predict_member(model, kept, tta, device, cfg.batch_size, workers, precision, bool(cfg.get("compile")))
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)

@@ -186,3 +186,10 @@ def test_bf16_prediction_on_cpu_is_close_to_fp32(trained, tmp_path):
     np.testing.assert_allclose(bf16, fp32, atol=3e-2)
     with pytest.raises(ConfigError, match="precision must be one of"):
         _predict(ckpt, tmp_path / "c", "precision=fp8")
+
+
+def test_compiled_prediction_matches_eager(trained, tmp_path):
+    ckpt, _ = trained
+    eager = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "a", "tta=1"))[1:]])
+    compiled = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "b", "tta=1", "compile=true"))[1:]])
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
