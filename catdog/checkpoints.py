@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 BEST_NAME = "best.ckpt"
 
 
-def _safe_load(path: Path, map_location="cpu") -> Any:
+def _safe_load(path: Path, map_location="cpu", mmap: bool = False) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled Python objects that could run code, and catdog only "
@@ -36,7 +36,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    ckpt = _safe_load(path)
+    # Memory-mapped: reading hyperparameters or the weights does not pull the optimizer state into memory.
+    ckpt = _safe_load(path, mmap=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path} is not a catdog checkpoint (no state_dict / hyper_parameters)")
     return ckpt

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import ListConfig
 
 from catdog.checkpoints import BEST_NAME, resolve_checkpoint
-from catdog.errors import CheckpointError, DatasetError
+from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
 from catdog.metrics import accuracy, log_loss
 
@@ -77,15 +78,15 @@ def write_oof(path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor
     atomic_write_text(path, _csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), sorted(rows)))
 
 
-def read_oof(path: Path) -> tuple[list[str], np.ndarray, list[str], list[str]]:
-    """(image paths, probabilities (N, K), labels, classes) from an ``oof.csv``."""
+def read_oof(path: Path) -> tuple[list[list[str]], np.ndarray, list[str], list[str]]:
+    """(raw rows ``path,label,fold,p_...``, probabilities (N, K), labels, classes) from an ``oof.csv``."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
         rows = list(reader)
     classes = [h[2:] for h in header[3:]]
     probs = np.array([[float(v) for v in r[3:]] for r in rows], dtype=np.float64).reshape(len(rows), len(classes))
-    return [r[0] for r in rows], probs, [r[1] for r in rows], classes
+    return rows, probs, [r[1] for r in rows], classes
 
 
 def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> dict[str, float]:
@@ -104,10 +105,10 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     missing = sorted(set(range(expected)) - {int(d.name[5:]) for d in done})
     if missing:
         raise DatasetError(f"{run_dir}: fold(s) {missing} have not finished; run the same command again to finish them")
-    all_paths, all_probs, all_labels, members, fold_rows, classes = [], [], [], [], [], None
+    oof_rows, all_probs, all_labels, members, fold_rows, classes = [], [], [], [], [], None
     for d in done:
         result = json.loads((d / RESULT_NAME).read_text())
-        paths, probs, labels, fold_classes = read_oof(d / "oof.csv")
+        rows, probs, labels, fold_classes = read_oof(d / "oof.csv")
         if classes is not None and fold_classes != classes:
             raise CheckpointError(f"{d} was trained on classes {fold_classes}, other folds on {classes}")
         classes = fold_classes
@@ -116,18 +117,14 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
             {"fold": result["fold"], **s, "epochs": result["epochs"], "wall_time_s": result["wall_time_s"]}
         )
         members.append({"checkpoint": _rel(str(d / result["best_checkpoint"]), run_dir), "fold": result["fold"], **s})
-        all_paths += paths
+        oof_rows += rows
         all_probs.append(probs)
         all_labels += labels
-    probs = np.concatenate(all_probs)
-    overall = scores(probs, all_labels, classes)
-    if len(set(all_paths)) != len(all_paths):
+    overall = scores(np.concatenate(all_probs), all_labels, classes)
+    if len({r[0] for r in oof_rows}) != len(oof_rows):
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
-    oof_rows = sorted(
-        (p, y, f, *(f"{v:.6f}" for v in row))
-        for p, y, f, row in zip(all_paths, all_labels, _fold_of_rows(fold_rows, all_probs), probs)
-    )
-    atomic_write_text(run_dir / "oof.csv", _csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), oof_rows))
+    header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
+    atomic_write_text(run_dir / "oof.csv", _csv_text(header, sorted(oof_rows)))
     table = [
         (r["fold"], r["images"], f"{r['acc']:.4f}", f"{r['logloss']:.4f}", r["epochs"], r["wall_time_s"])
         for r in fold_rows
@@ -147,11 +144,6 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     return {"oof": overall, "folds": fold_rows, "manifest": str(run_dir / MANIFEST_NAME)}
 
 
-def _fold_of_rows(fold_rows, all_probs):
-    for r, probs in zip(fold_rows, all_probs):
-        yield from [r["fold"]] * len(probs)
-
-
 def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
@@ -160,7 +152,7 @@ def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
 
 def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
     """Checkpoints to predict with: a list of files, a k-fold run folder (its manifest), a run folder, a file."""
-    if isinstance(ckpt, (list, tuple)) or (hasattr(ckpt, "__len__") and not isinstance(ckpt, str)):
+    if isinstance(ckpt, (list, tuple, ListConfig)):
         members = [resolve_checkpoint(str(c), outputs) for c in ckpt]
         if not members:
             raise CheckpointError("ckpt=[] names no checkpoint")
@@ -197,6 +189,4 @@ def combine(member_probs: Sequence[np.ndarray], mode: str = "prob") -> np.ndarra
         logits = np.log(np.clip(stacked, 1e-15, 1.0)).mean(axis=0)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
-    from catdog.errors import ConfigError
-
     raise ConfigError(f"ensemble must be 'prob' (mean of probabilities) or 'logit' (mean of logits), got {mode!r}")
