@@ -88,6 +88,7 @@ class ClassifierModule(pl.LightningModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = True,
+        pretrained: str | None = None,
     ):
         super().__init__()
         optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
@@ -112,6 +113,8 @@ class ClassifierModule(pl.LightningModule):
                 "mean": [float(v) for v in _plain(mean)],
                 "std": [float(v) for v in _plain(std)],
                 "channels_last": bool(channels_last),
+                # Where the initial weights came from (informational; set in saved checkpoints).
+                "pretrained": _plain(pretrained) if pretrained is not None else _plain(weights),
             }
         )
         self.net = build_network(arch, len(classes), weights, head, head_hidden, dropout, width)
@@ -162,6 +165,11 @@ class ClassifierModule(pl.LightningModule):
         if mode:
             self._freeze_bn_stats()
         return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Saved weights make the initial ones irrelevant: ``weights=None`` lets ``load_from_checkpoint`` rebuild
+        the model offline, and ``pretrained`` keeps where training started."""
+        checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "weights": None}
 
     # ----- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

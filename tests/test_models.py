@@ -105,3 +105,23 @@ def test_train_stops_on_missing_weights_before_reading_data(monkeypatch, tmp_pat
     with pytest.raises(WeightsUnavailableError, match="vgg16_bn-6c64b313.pth"):
         train(cfg)  # a DatasetError would mean the data was read first
     assert calls
+
+
+def test_checkpoint_of_a_pretrained_model_reloads_offline(monkeypatch, tmp_path, vgg16_features_file):
+    """A model started from a weights file records it as ``pretrained``; reloading never needs that file."""
+    from catdog.checkpoints import load_classifier
+    from catdog.module import ClassifierModule
+
+    model = ClassifierModule(["cat", "dog"], arch="vgg16", weights=str(vgg16_features_file), head_hidden=8)
+    trainer = __import__("pytorch_lightning").Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    moved = tmp_path / "elsewhere.pth"
+    vgg16_features_file.rename(moved)  # the original weights file is gone
+    try:
+        reloaded = load_classifier(tmp_path / "m.ckpt")
+        assert reloaded.hparams.pretrained == str(vgg16_features_file) and reloaded.hparams.weights is None
+        torch.testing.assert_close(reloaded.net.backbone[0].weight, model.net.backbone[0].weight)
+        ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
+    finally:
+        moved.rename(vgg16_features_file)

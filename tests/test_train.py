@@ -8,6 +8,7 @@ import torch
 
 from catdog.checkpoints import load_classifier, read_checkpoint
 from catdog.errors import ConfigError
+from catdog.module import ClassifierModule
 from catdog.training import build_datamodule, build_model, build_trainer, resolve_precision, train
 from tests.conftest import tiny_train_cfg
 
@@ -44,9 +45,11 @@ def test_checkpoint_loads_on_its_own_and_predicts_the_same(flat_data, tmp_path):
     assert raw["hyper_parameters"]["classes"] == ["cat", "dog"]
     assert raw["hyper_parameters"]["weights"] is None
     model = load_classifier(ckpt_path)
+    lightning_way = ClassifierModule.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     x = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
     again = load_classifier(ckpt_path)
     torch.testing.assert_close(model(x), again(x))
+    torch.testing.assert_close(model(x), lightning_way(x))
     assert model.datamodule_hparams["dir"] == str(flat_data)
 
 
