@@ -186,6 +186,14 @@ class ClassifierModule(pl.LightningModule):
 
     # ----- training ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        ft = self.hparams.finetune
+        if self.hparams.pretrained is None and (ft["head_epochs"] > 0 or ft["blocks"] != -1):
+            log.warning(
+                "model.weights=null with staged fine-tuning (head_epochs=%s, blocks=%s): random conv layers stay "
+                "frozen for a while or for ever; to train from scratch set model.finetune.head_epochs=0 "
+                "model.finetune.blocks=-1 (or use experiment=vgg16_bn_scratch)",
+                ft["head_epochs"], ft["blocks"],
+            )  # fmt: skip
         self.apply_stage(self.current_epoch)
 
     def on_train_epoch_start(self) -> None:

@@ -150,3 +150,14 @@ def test_cli_demo_then_predict_latest(tmp_path):
     sub = next((tmp_path / "out" / "predict").glob("*/submission.csv"))
     lines = sub.read_text().splitlines()
     assert lines[0] == "id,label" and len(lines) == 51  # the demo set has 50 test images
+
+
+def test_random_init_with_frozen_stages_warns(caplog):
+    staged = ClassifierModule(["a", "b"], width=0.0625, finetune={"head_epochs": 2, "blocks": 1})
+    staged.on_fit_start()
+    assert "experiment=vgg16_bn_scratch" in caplog.text
+    caplog.clear()
+    scratch = ClassifierModule(["a", "b"], width=0.0625, finetune={"head_epochs": 0, "blocks": -1})
+    scratch.on_fit_start()
+    assert "vgg16_bn_scratch" not in caplog.text
+    assert all(p.requires_grad for p in scratch.net.backbone.parameters())
