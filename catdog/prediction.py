@@ -174,6 +174,18 @@ def predict(cfg: DictConfig):
     return path
 
 
+def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: int = 10) -> str:
+    """The ``n`` images the model got most confidently wrong (highest per-image log loss): worth a look for
+    mislabelled or odd pictures."""
+    p_true = probs[np.arange(len(targets)), targets]
+    worst = np.argsort(p_true, kind="stable")[:n]
+    lines = ["| id | true label | predicted | P(true label) |", "|---|---|---|---:|"]
+    lines += [
+        f"| {ids[i]} | {classes[targets[i]]} | {classes[int(probs[i].argmax())]} | {p_true[i]:.4f} |" for i in worst
+    ]
+    return "\n".join(lines)
+
+
 def _report(probs, targets, ids, classes, tta, output: Path, overwrite: bool) -> dict[str, float]:
     """Print accuracy and log loss for a labelled folder; write per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
@@ -186,6 +198,7 @@ def _report(probs, targets, ids, classes, tta, output: Path, overwrite: bool) ->
         ]
     )
     print(table)
+    print(top_losses_table(probs, targets, ids, classes))
     text = submission_text(ids, probs, classes).splitlines()
     label_of = dict(zip(ids, (classes[i] for i in targets)))
     rows = [text[0] + ",true_label"] + [f"{line},{label_of[line.split(',', 1)[0]]}" for line in text[1:]]

@@ -134,7 +134,9 @@ def test_labelled_folder_is_scored(trained, tmp_path, capsys):
     scores = _predict(ckpt, tmp_path, f"input={data / 'train'}", "labelled=true")
     assert scores["images"] == 16
     assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0
-    assert "| images | tta | accuracy | log loss |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| images | tta | accuracy | log loss |" in out
+    assert "| id | true label | predicted | P(true label) |" in out
     rows = _read(tmp_path / "submission.csv")
     assert rows[0] == ["id", "label", "true_label"] and len(rows) == 17
 
@@ -193,3 +195,13 @@ def test_compiled_prediction_matches_eager(trained, tmp_path):
     eager = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "a", "tta=1"))[1:]])
     compiled = np.array([float(r[1]) for r in _read(_predict(ckpt, tmp_path / "b", "tta=1", "compile=true"))[1:]])
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+def test_top_losses_lists_the_most_confident_mistakes_first():
+    from catdog.prediction import top_losses_table
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.01, 0.99]])
+    table = top_losses_table(probs, np.array([0, 1, 1, 0]), ["a", "b", "c", "d"], ["cat", "dog"], n=2).splitlines()
+    assert table[2] == "| d | cat | dog | 0.0100 |"
+    assert table[3] == "| c | dog | cat | 0.4000 |"
+    assert len(table) == 4
