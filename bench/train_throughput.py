@@ -19,6 +19,7 @@ import gc
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from common import (  # noqa: E402
     setup,
 )
 
+from catdog.cache import open_cache  # noqa: E402
 from catdog.data import ImageDataset, make_loader  # noqa: E402
 from catdog.module import ClassifierModule  # noqa: E402
 from catdog.transforms import eval_resize_size, train_transform  # noqa: E402
@@ -154,9 +156,13 @@ def run_model_only(args, device, bs, amp_dtype, steps: int | None = None) -> flo
 
 def run_catdog(args, device, bs, amp_dtype, paths, labels) -> float:
     module, opt = catdog_module(args, device)
-    dataset = ImageDataset(
-        paths, labels, train_transform(args.image_size), "skip", eval_resize_size(args.image_size, 0.875)
-    )
+    short_side = eval_resize_size(args.image_size, 0.875)
+    cache = None
+    if args.cache_dir:  # data.cache=true: decode once (built or reopened here, untimed), then read the cache
+        t0 = time.perf_counter()
+        cache = open_cache(paths, short_side, args.cache_dir)
+        print(f"cache ready in {time.perf_counter() - t0:.1f} s ({cache.nbytes / 2**20:.0f} MiB)", file=sys.stderr)
+    dataset = ImageDataset(paths, labels, train_transform(args.image_size), "skip", short_side, cache=cache)
     loader = make_loader(dataset, bs, args.workers, sampler=RandomSampler(dataset), drop_last=True)
     return timed(loader, make_step(module, opt, device, amp_dtype), args.warmup, args.steps, bs, device, args.stat)
 
@@ -208,6 +214,9 @@ def main(argv=None) -> None:
     p.add_argument("--stat", choices=("auto", "mean", "median"), default="auto", help="auto: median CPU, mean CUDA")
     p.add_argument("--finetune-blocks", type=int, default=-1, help="conv blocks trained (-1: all, 0: head only)")
     p.add_argument("--variants", default="model,catdog,baseline", help="subset of model,catdog,baseline")
+    p.add_argument(
+        "--cache-dir", default=None, help="(b) reads a decoded-image cache kept in this folder (catdog's data.cache)"
+    )
     args = p.parse_args(argv)
     device = setup(args)
     cuda = device.type == "cuda"
