@@ -32,7 +32,7 @@ def test_train_one_epoch_writes_checkpoints(arch, flat_data, tmp_path):
 
 
 def test_fast_dev_run_folder_layout(folder_data, tmp_path):
-    cfg = tiny_train_cfg(folder_data, tmp_path / "run", "+trainer.fast_dev_run=true", "optimized_metric=null")
+    cfg = tiny_train_cfg(folder_data, tmp_path / "run", "trainer.fast_dev_run=true", "optimized_metric=null")
     assert train(cfg) is None
 
 
