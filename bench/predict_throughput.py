@@ -34,7 +34,7 @@ from common import (  # noqa: E402
     setup,
 )
 
-from catdog.data import ImageDataset, make_loader  # noqa: E402
+from catdog.data import ImageDataset, default_num_workers, make_loader  # noqa: E402
 from catdog.module import ClassifierModule  # noqa: E402
 from catdog.prediction import predict_loader  # noqa: E402
 from catdog.transforms import eval_resize_size, eval_transform  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     args.images = args.images or (2000 if cuda else 128)
     args.repeats = args.repeats or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
-    args.workers = args.workers if args.workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
+    args.workers = args.workers if args.workers is not None else default_num_workers()
     ttas = [int(t) for t in args.tta.split(",")]
     if args.configs:
         configs = args.configs.split(",")

@@ -44,7 +44,7 @@ from common import (  # noqa: E402
 )
 
 from catdog.cache import open_cache  # noqa: E402
-from catdog.data import ImageDataset, make_loader  # noqa: E402
+from catdog.data import ImageDataset, default_num_workers, make_loader  # noqa: E402
 from catdog.module import ClassifierModule  # noqa: E402
 from catdog.transforms import eval_resize_size, train_transform  # noqa: E402
 
@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     args.steps = args.steps or (50 if cuda else 6)
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 3)
     args.stat = args.stat if args.stat != "auto" else ("mean" if cuda else "median")
-    args.workers = args.workers if args.workers is not None else max(0, min(8, (os.cpu_count() or 1) - 1))
+    args.workers = args.workers if args.workers is not None else default_num_workers()
     if args.batch_sizes:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     else:

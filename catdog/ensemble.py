@@ -35,7 +35,7 @@ def _rel(path: str, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
-def _csv_text(header: Sequence[str], rows) -> str:
+def csv_text(header: Sequence[str], rows) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
@@ -62,7 +62,7 @@ def write_split(path: Path, datamodule) -> None:
             (_rel(p, root), classes[y], "val") for p, y in zip(datamodule.val_set.paths, datamodule.val_set.labels)
         ]
         header = ("path", "label", "split")
-    atomic_write_text(path, _csv_text(header, sorted(rows)))
+    atomic_write_text(path, csv_text(header, sorted(rows)))
 
 
 def write_oof(path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, fold) -> None:
@@ -75,7 +75,7 @@ def write_oof(path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor
         rows.append(
             (_rel(val.paths[i], root), classes[val.labels[i]], "" if fold is None else fold, *(f"{v:.6f}" for v in p))
         )
-    atomic_write_text(path, _csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), sorted(rows)))
+    atomic_write_text(path, csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), sorted(rows)))
 
 
 def read_oof(path: Path) -> tuple[list[list[str]], np.ndarray, list[str], list[str]]:
@@ -124,14 +124,14 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     if len({r[0] for r in oof_rows}) != len(oof_rows):
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
     header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
-    atomic_write_text(run_dir / "oof.csv", _csv_text(header, sorted(oof_rows)))
+    atomic_write_text(run_dir / "oof.csv", csv_text(header, sorted(oof_rows)))
     table = [
         (r["fold"], r["images"], f"{r['acc']:.4f}", f"{r['logloss']:.4f}", r["epochs"], r["wall_time_s"])
         for r in fold_rows
     ]
     table.append(("oof", overall["images"], f"{overall['acc']:.4f}", f"{overall['logloss']:.4f}", "", ""))
     header = ("fold", "images", "acc", "logloss", "epochs", "wall_time_s")
-    atomic_write_text(run_dir / "scores.csv", _csv_text(header, table))
+    atomic_write_text(run_dir / "scores.csv", csv_text(header, table))
     atomic_write_text(run_dir / "scores.md", markdown_table(header, table))
     manifest = {"kind": MANIFEST_KIND, "classes": classes, "members": members, "oof": overall}
     atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
@@ -180,13 +180,20 @@ def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
     return [resolve_checkpoint(str(path), outputs)]
 
 
+ENSEMBLE_MODES = ("prob", "logit")
+
+
+def check_ensemble_mode(mode: str) -> str:
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"ensemble must be 'prob' (mean of probabilities) or 'logit' (mean of logits), got {mode!r}")
+    return mode
+
+
 def combine(member_probs: Sequence[np.ndarray], mode: str = "prob") -> np.ndarray:
     """Average members' probabilities (``prob``) or their log-probabilities, renormalized (``logit``)."""
     stacked = np.stack(member_probs)
-    if mode == "prob":
+    if check_ensemble_mode(mode) == "prob":
         return stacked.mean(axis=0)
-    if mode == "logit":
-        logits = np.log(np.clip(stacked, 1e-15, 1.0)).mean(axis=0)
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    raise ConfigError(f"ensemble must be 'prob' (mean of probabilities) or 'logit' (mean of logits), got {mode!r}")
+    logits = np.log(np.clip(stacked, 1e-15, 1.0)).mean(axis=0)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from catdog.errors import DatasetError
@@ -30,7 +30,6 @@ class LabelledImages:
     labels: list[int]
     classes: list[str]
     layout: str = ""
-    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -37,8 +37,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler: str | None) -> None:
-    """Validate ``model.optimizer``, ``model.finetune`` and ``model.scheduler`` without building anything."""
+def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler: str | None) -> tuple[dict, dict]:
+    """Validate ``model.optimizer``, ``model.finetune`` and ``model.scheduler`` without building anything; return
+    the optimizer and fine-tuning settings completed with their defaults."""
     optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
     finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
     if scheduler not in SCHEDULERS:
@@ -55,6 +56,7 @@ def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler
         raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {blocks!r}")
     if not isinstance(factor, (int, float)) or factor <= 0:
         raise ConfigError(f"model.finetune.lr_factor must be a number > 0, got {factor!r}")
+    return optimizer, finetune
 
 
 class NonFiniteLossError(CatdogError, FloatingPointError):
@@ -91,10 +93,8 @@ class ClassifierModule(pl.LightningModule):
         pretrained: str | None = None,
     ):
         super().__init__()
-        optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
-        finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
+        optimizer, finetune = check_training_args(optimizer, finetune, scheduler)
         classes = list(_plain(classes))
-        check_training_args(optimizer, finetune, scheduler)
         self.save_hyperparameters(
             {
                 "classes": classes,
@@ -122,7 +122,6 @@ class ClassifierModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.tta = 0
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # (probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files.
         self.last_validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -237,9 +236,6 @@ class ClassifierModule(pl.LightningModule):
             self.last_validation = (probs, targets, indices)
         self.log("val/logloss", log_loss(probs, targets), prog_bar=True)
         self.log("val/acc", accuracy(probs, targets), prog_bar=True)
-
-    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        return self.predict_proba(batch[0], self.tta)
 
     def configure_optimizers(self):
         opt_cfg = dict(self.hparams.optimizer)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
 from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
-from catdog.ensemble import combine, resolve_members
+from catdog.ensemble import check_ensemble_mode, combine, markdown_table, resolve_members
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
 from catdog.images import find_bad_images, format_bad_images
@@ -120,8 +120,7 @@ def predict(cfg: DictConfig):
     tta = check_tta(cfg.tta)
     clip = check_clip(cfg.clip)
     policy = check_policy(cfg.on_bad_image, "on_bad_image")
-    mode = cfg.get("ensemble", "prob")
-    combine([np.ones((1, 2)) / 2], mode)  # validates the mode before any work
+    mode = check_ensemble_mode(cfg.get("ensemble", "prob"))
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     device = resolve_device(cfg.device)
@@ -167,7 +166,7 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(probs, targets, kept_ids, classes, tta, output, cfg.overwrite)
+        return _report(probs, targets, kept_ids, classes, tta, output)
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
@@ -186,23 +185,20 @@ def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: in
     return "\n".join(lines)
 
 
-def _report(probs, targets, ids, classes, tta, output: Path, overwrite: bool) -> dict[str, float]:
+def _report(probs, targets, ids, classes, tta, output: Path) -> dict[str, float]:
     """Print accuracy and log loss for a labelled folder; write per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
-    table = "\n".join(
-        [
-            "| images | tta | accuracy | log loss |",
-            "|-------:|----:|---------:|---------:|",
-            f"| {len(ids)} | {tta} | {scores['accuracy']:.4f} | {scores['log_loss']:.4f} |",
-        ]
+    print(
+        markdown_table(
+            ("images", "tta", "accuracy", "log loss"),
+            [(len(ids), tta, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
+        )
     )
-    print(table)
     print(top_losses_table(probs, targets, ids, classes))
     text = submission_text(ids, probs, classes).splitlines()
     label_of = dict(zip(ids, (classes[i] for i in targets)))
     rows = [text[0] + ",true_label"] + [f"{line},{label_of[line.split(',', 1)[0]]}" for line in text[1:]]
-    check_writable(output, overwrite)
-    atomic_write_text(output, "\n".join(rows) + "\n")
+    atomic_write_text(output, "\n".join(rows) + "\n")  # predict() checked ``output`` before any work
     print(f"wrote {output}")
     return scores

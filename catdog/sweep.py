@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, _csv_text, finalize_ensemble, markdown_table
+from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, csv_text, finalize_ensemble, markdown_table
 from catdog.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
     if not rows:
         return None
     text_rows = [(*(_fmt(v) for v in r[:4]), _fmt(r[4]), _fmt(r[5], 1)) for r in rows]
-    atomic_write_text(sweep_dir / "summary.csv", _csv_text(SUMMARY_HEADER, text_rows))
+    atomic_write_text(sweep_dir / "summary.csv", csv_text(SUMMARY_HEADER, text_rows))
     atomic_write_text(sweep_dir / "summary.md", markdown_table(SUMMARY_HEADER, text_rows))
     print(markdown_table(SUMMARY_HEADER, text_rows))
     return sweep_dir / "summary.md"

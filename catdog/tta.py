@@ -66,7 +66,7 @@ def make_views(x: torch.Tensor, tta: int) -> torch.Tensor:
         return x
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)
-    views = [x] + [fn(x).clamp_(0.0, 1.0) if x.is_floating_point() else fn(x) for _, fn in VIEWS[:tta]]
+    views = [x] + [fn(x).clamp_(0.0, 1.0) for _, fn in VIEWS[:tta]]
     return torch.cat(views, dim=0)
 
 

@@ -76,20 +76,20 @@ def folder_data(tmp_path) -> Path:
     return make_class_folders(tmp_path / "data")
 
 
-def compose_train(overrides=(), output_dir=None):
+def _compose(config_name: str, overrides, output_dir):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=list(overrides))
     if output_dir is not None:
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def compose_train(overrides=(), output_dir=None):
+    return _compose("train", overrides, output_dir)
 
 
 def compose_predict(overrides=(), output_dir=None):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=list(overrides))
-    if output_dir is not None:
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return _compose("predict", overrides, output_dir)
 
 
 def tiny_train_cfg(data_dir, out_dir, *extra):
