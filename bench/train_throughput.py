@@ -46,6 +46,7 @@ from common import (  # noqa: E402
 from catdog.cache import open_cache  # noqa: E402
 from catdog.data import ImageDataset, default_num_workers, make_loader  # noqa: E402
 from catdog.module import ClassifierModule  # noqa: E402
+from catdog.precision import auto_precision  # noqa: E402
 from catdog.transforms import eval_resize_size, train_transform  # noqa: E402
 
 CLASSES = ["cat", "dog"]
@@ -131,7 +132,7 @@ def catdog_module(args, device: torch.device) -> tuple[ClassifierModule, torch.o
         head=args.head,
         width=args.width,
         image_size=args.image_size,
-        optimizer={"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        optimizer={"_target_": "torch.optim.SGD", "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
         finetune={"head_epochs": 0, "blocks": args.finetune_blocks},
         channels_last=args.layout == "channels_last",
     ).to(device)
@@ -209,7 +210,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 6 CPU, 50 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 CPU, 10 CUDA)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 8)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 CUDA, fp32 CPU")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: as train.py (catdog.precision)"
+    )
     p.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last", help="(a)/(b) layout")
     p.add_argument("--stat", choices=("auto", "mean", "median"), default="auto", help="auto: median CPU, mean CUDA")
     p.add_argument("--finetune-blocks", type=int, default=-1, help="conv blocks trained (-1: all, 0: head only)")
@@ -230,7 +233,10 @@ def main(argv=None) -> None:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     else:
         batch_sizes = [args.batch_size or (64 if cuda else 16)]
-    precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
+    if args.precision == "auto":  # train.py's rule; fp16 (GPUs without native bf16) is measured as bf16 here
+        precision = "fp32" if auto_precision("cuda" if cuda else "cpu") == "32-true" else "bf16"
+    else:
+        precision = args.precision
     amp_dtype = torch.bfloat16 if precision == "bf16" else None
     variants = set(args.variants.split(","))
 

@@ -17,6 +17,9 @@ from catdog.fileio import atomic_open
 log = logging.getLogger(__name__)
 
 BEST_NAME = "best.ckpt"
+SWA_NAME = "swa.ckpt"
+#: Checkpoint key of the temperature-scaling record (:func:`catdog.calibration.calibration_record`).
+CALIBRATION_KEY = "calibration"
 
 
 def _safe_load(path: Path, map_location="cpu", mmap: bool = False) -> Any:
@@ -57,7 +60,24 @@ def load_classifier(path: str | os.PathLike):
         raise CheckpointError(f"{path} does not match catdog's model: {exc}") from None
     model.checkpoint_path = str(path)
     model.datamodule_hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    model.temperature = checkpoint_temperature(ckpt)
     return model.eval()
+
+
+def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:
+    """The fitted temperature saved in a checkpoint, or None when it has none."""
+    record = ckpt.get(CALIBRATION_KEY)
+    t = record.get("temperature") if isinstance(record, dict) else None
+    return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def save_calibration(path: str | os.PathLike, record: dict[str, float]) -> None:
+    """Add the temperature-scaling ``record`` to the checkpoint at ``path`` (rewritten atomically)."""
+    path = Path(path)
+    ckpt = _safe_load(path)
+    ckpt[CALIBRATION_KEY] = {k: float(v) for k, v in record.items()}
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def find_latest_checkpoint(outputs: str | os.PathLike = "outputs") -> Path:

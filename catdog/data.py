@@ -18,7 +18,7 @@ from catdog.errors import BadImageError, ConfigError, DatasetError
 from catdog.images import find_bad_images, format_bad_images, load_image
 from catdog.layouts import LabelledImages, detect_layout
 from catdog.splits import content_groups, fold_indices, kfold_assignments, stratified_split
-from catdog.transforms import eval_resize_size, eval_transform, train_transform
+from catdog.transforms import ProgressiveTransform, check_progressive, eval_resize_size, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,14 @@ class ImageDataset(Dataset):
                 raise
             warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
             return None
+        # A transform with ``for_epoch`` (progressive resizing) picks the epoch's own transform.
+        transform = self.transform.for_epoch(epoch) if hasattr(self.transform, "for_epoch") else self.transform
         if self.seed is None:
-            x = self.transform(image)
+            x = transform(image)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
-                x = self.transform(image)
+                x = transform(image)
         label = self.labels[index] if self.labels is not None else -1
         return x, label, index
 
@@ -169,6 +171,7 @@ class CatDogDataModule(pl.LightningDataModule):
         verify: str = "full",
         demo: bool = False,
         augment: dict | None = None,
+        progressive: dict | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
     ):
@@ -176,6 +179,7 @@ class CatDogDataModule(pl.LightningDataModule):
         check_data_config(
             image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
             on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size, cache=cache,
+            progressive=progressive, augment=augment,
         )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.root = Path(dir).expanduser()
@@ -265,7 +269,7 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> ImageDataset:
         hp = self.hparams
-        transform = train_transform(hp.image_size, **self.augment)
+        transform = ProgressiveTransform(hp.image_size, hp.progressive, **self.augment)
         return ImageDataset(
             self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed, self.cache
         )
@@ -291,7 +295,17 @@ class CatDogDataModule(pl.LightningDataModule):
 
 
 def check_data_config(
-    image_size, batch_size, val_fraction, folds, fold, on_bad_image, verify, eval_batch_size=None, cache=False
+    image_size,
+    batch_size,
+    val_fraction,
+    folds,
+    fold,
+    on_bad_image,
+    verify,
+    eval_batch_size=None,
+    cache=False,
+    progressive=None,
+    augment=None,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
     if not isinstance(image_size, int) or image_size < 32:
@@ -314,3 +328,6 @@ def check_data_config(
         raise ConfigError(f"data.verify must be one of {list(VERIFY_MODES)}, got {verify!r}")
     if not isinstance(cache, bool):
         raise ConfigError(f"data.cache must be true or false, got {cache!r}")
+    check_progressive(progressive, image_size)
+    if augment is not None:
+        ProgressiveTransform(image_size, None, **augment)  # builds the train transform: bad settings fail here

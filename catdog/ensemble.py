@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import ListConfig
 
+from catdog.calibration import calibrated_probs
 from catdog.checkpoints import BEST_NAME, resolve_checkpoint
 from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
@@ -65,17 +66,66 @@ def write_split(path: Path, datamodule) -> None:
     atomic_write_text(path, csv_text(header, sorted(rows)))
 
 
-def write_oof(path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, fold) -> None:
-    """Validation predictions of the best checkpoint: ``path,label,fold,p_<class>...``, one row per image."""
+def read_split(path: str | os.PathLike, data_root: str | os.PathLike, classes: Sequence[str]):
+    """The validation images of a run, from its ``split.csv``: :class:`~catdog.layouts.LabelledImages` with paths under
+    ``data_root`` (the dataset the run was trained on). A k-fold fold's file gives the images of that fold
+    (``fold_<i>/split.csv``)."""
+    from catdog.layouts import LabelledImages
+
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames or []
+    if header not in (["path", "label", "split"], ["path", "label", "fold"]):
+        raise DatasetError(f"{path} is not a catdog split.csv (path,label,split or path,label,fold), header {header}")
+    if "split" in header:
+        val = [r for r in rows if r["split"] == "val"]
+    else:
+        fold = path.parent.name[5:] if path.parent.name.startswith("fold_") else ""
+        if not fold.isdigit():
+            raise DatasetError(
+                f"{path} lists every fold of a k-fold run; pass one fold's file (fold_<i>/split.csv) to score the "
+                "images that fold did not train on"
+            )
+        val = [r for r in rows if r["fold"] == fold]
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({r["label"] for r in val} - set(index))
+    if unknown:
+        raise DatasetError(f"{path}: labels {unknown} are not among the checkpoint's classes {list(classes)}")
+    if not val:
+        raise DatasetError(f"{path} lists no validation images")
+    root = Path(data_root)
+    return LabelledImages([str(root / r["path"]) for r in val], [index[r["label"]] for r in val], list(classes))
+
+
+def format_prob(value: float) -> str:
+    """A probability as the shortest text that reads back as exactly the same number (``repr``), so that scores
+    recomputed from a file equal the ones computed in memory, and p = 3e-7 is not written as 0."""
+    return repr(float(value))
+
+
+def write_oof(
+    path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, fold
+) -> dict[str, float]:
+    """Validation predictions of the best checkpoint: ``path,label,fold,p_<class>...``, one row per image, sorted by
+    path. Returns :func:`scores` of the rows as written (the figures k-fold assembly will compute from the file)."""
     root = Path(datamodule.root)
     classes = datamodule.classes
     val = datamodule.val_set
     rows = []
     for p, i in zip(probs.tolist(), indices.tolist()):
         rows.append(
-            (_rel(val.paths[i], root), classes[val.labels[i]], "" if fold is None else fold, *(f"{v:.6f}" for v in p))
+            (
+                _rel(val.paths[i], root),
+                classes[val.labels[i]],
+                "" if fold is None else fold,
+                *(format_prob(v) for v in p),
+            )
         )
-    atomic_write_text(path, csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), sorted(rows)))
+    rows.sort()
+    atomic_write_text(path, csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), rows))
+    written = np.array([[float(v) for v in r[3:]] for r in rows], dtype=np.float64).reshape(len(rows), len(classes))
+    return scores(written, [r[1] for r in rows], classes)
 
 
 def read_oof(path: Path) -> tuple[list[list[str]], np.ndarray, list[str], list[str]]:
@@ -89,11 +139,23 @@ def read_oof(path: Path) -> tuple[list[list[str]], np.ndarray, list[str], list[s
     return rows, probs, [r[1] for r in rows], classes
 
 
-def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> dict[str, float]:
+def scores(
+    probs: np.ndarray, labels: Sequence[str], classes: Sequence[str], temperature: float | None = None
+) -> dict[str, float]:
+    """Accuracy and log loss; with ``temperature``, also the log loss after temperature scaling."""
     index = {c: i for i, c in enumerate(classes)}
     p = torch.from_numpy(probs)
     t = torch.tensor([index[y] for y in labels])
-    return {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
+    out = {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
+    if temperature is not None:
+        out["logloss_calibrated"] = log_loss(temperature_scaled(probs, temperature), t)
+    return out
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float | None) -> torch.Tensor:
+    """``softmax(log(probs) / T)`` in double precision (log-probabilities scale like logits)."""
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-300, 1.0)))
+    return calibrated_probs(logp, temperature)
 
 
 def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = None) -> dict:
@@ -105,43 +167,65 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     missing = sorted(set(range(expected)) - {int(d.name[5:]) for d in done})
     if missing:
         raise DatasetError(f"{run_dir}: fold(s) {missing} have not finished; run the same command again to finish them")
-    oof_rows, all_probs, all_labels, members, fold_rows, classes = [], [], [], [], [], None
+    oof_rows, all_probs, all_scaled, all_labels, members, fold_rows, classes = [], [], [], [], [], [], None
     for d in done:
         result = json.loads((d / RESULT_NAME).read_text())
         rows, probs, labels, fold_classes = read_oof(d / "oof.csv")
         if classes is not None and fold_classes != classes:
             raise CheckpointError(f"{d} was trained on classes {fold_classes}, other folds on {classes}")
         classes = fold_classes
-        s = scores(probs, labels, classes)
+        temperature = (result.get("calibration") or {}).get("temperature")
+        s = scores(probs, labels, classes, temperature)
         fold_rows.append(
-            {"fold": result["fold"], **s, "epochs": result["epochs"], "wall_time_s": result["wall_time_s"]}
-        )
-        members.append({"checkpoint": _rel(str(d / result["best_checkpoint"]), run_dir), "fold": result["fold"], **s})
+            {
+                "fold": result["fold"], **s, "temperature": temperature, "epochs": result["epochs"],
+                "wall_time_s": result["wall_time_s"],
+            }
+        )  # fmt: skip
+        member = {"checkpoint": _rel(str(d / result["best_checkpoint"]), run_dir), "fold": result["fold"], **s}
+        if temperature is not None:
+            member["temperature"] = temperature
+        members.append(member)
         oof_rows += rows
         all_probs.append(probs)
+        # Each fold's own temperature, fitted on its own out-of-fold images (None: unscaled).
+        all_scaled.append(temperature_scaled(probs, temperature).numpy())
         all_labels += labels
     overall = scores(np.concatenate(all_probs), all_labels, classes)
+    calibrated = all(r["temperature"] is not None for r in fold_rows)
+    if calibrated:
+        overall["logloss_calibrated"] = scores(np.concatenate(all_scaled), all_labels, classes)["logloss"]
     if len({r[0] for r in oof_rows}) != len(oof_rows):
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
     header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
     atomic_write_text(run_dir / "oof.csv", csv_text(header, sorted(oof_rows)))
-    table = [
-        (r["fold"], r["images"], f"{r['acc']:.4f}", f"{r['logloss']:.4f}", r["epochs"], r["wall_time_s"])
-        for r in fold_rows
-    ]
-    table.append(("oof", overall["images"], f"{overall['acc']:.4f}", f"{overall['logloss']:.4f}", "", ""))
-    header = ("fold", "images", "acc", "logloss", "epochs", "wall_time_s")
-    atomic_write_text(run_dir / "scores.csv", csv_text(header, table))
+    header = ("fold", "images", "acc", "logloss", "logloss_calibrated", "temperature", "epochs", "wall_time_s")
+    rows = [[r.get(k) for k in header] for r in fold_rows]
+    rows.append(["oof", *(overall.get(k) for k in header[1:5]), None, None, None])
+    atomic_write_text(run_dir / "scores.csv", csv_text(header, [[_exact(v) for v in r] for r in rows]))
+    table = [[_short(v, 1 if k == "wall_time_s" else 4) for k, v in zip(header, r)] for r in rows]
     atomic_write_text(run_dir / "scores.md", markdown_table(header, table))
     manifest = {"kind": MANIFEST_KIND, "classes": classes, "members": members, "oof": overall}
     atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     best = min(fold_rows, key=lambda r: r["logloss"])
     log.info(
-        "k-fold: OOF log loss %.4f, acc %.4f over %d images (best single fold %s: %.4f)",
-        overall["logloss"], overall["acc"], overall["images"], best["fold"], best["logloss"],
+        "k-fold: OOF log loss %.4f%s, acc %.4f over %d images (best single fold %s: %.4f)",
+        overall["logloss"],
+        f" ({overall['logloss_calibrated']:.4f} with each fold's temperature)" if calibrated else "",
+        overall["acc"], overall["images"], best["fold"], best["logloss"],
     )  # fmt: skip
     print(markdown_table(header, table))
     return {"oof": overall, "folds": fold_rows, "manifest": str(run_dir / MANIFEST_NAME)}
+
+
+def _exact(v) -> str:
+    """CSV cell: floats in full (``repr``) so files agree with the figures computed in memory; None as empty."""
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def _short(v, digits: int = 4) -> str:
+    """Markdown cell: floats to ``digits`` decimals; None as empty."""
+    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import hydra.utils
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from catdog.calibration import scale_logits
+from catdog.checkpoints import checkpoint_temperature
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models import build_network
-from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from catdog.optim import build_scheduler, check_optimizer, check_scheduler, param_groups
+from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
 from catdog.tta import average_views, check_tta, make_views
 
 log = logging.getLogger(__name__)
@@ -25,9 +28,8 @@ log = logging.getLogger(__name__)
 # Frozen blocks' BatchNorm layers are in eval mode on purpose (see ClassifierModule); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4}
-DEFAULT_FINETUNE = {"head_epochs": 1, "blocks": 1, "lr_factor": 0.1}
-SCHEDULERS = (None, "none", "cosine")
+#: Neutral fine-tuning when none is configured: every layer trains from the first epoch at the optimizer's lr.
+NO_STAGES = {"head_epochs": 0, "blocks": -1, "lr_factor": 1.0}
 
 
 def _plain(value: Any) -> Any:
@@ -37,18 +39,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler: str | None) -> tuple[dict, dict]:
-    """Validate ``model.optimizer``, ``model.finetune`` and ``model.scheduler`` without building anything; return
-    the optimizer and fine-tuning settings completed with their defaults."""
-    optimizer = {**DEFAULT_OPTIMIZER, **(_plain(optimizer) or {})}
-    finetune = {**DEFAULT_FINETUNE, **(_plain(finetune) or {})}
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-    lr = optimizer.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
-    if "_target_" not in optimizer:
-        raise ConfigError("model.optimizer needs _target_ (e.g. torch.optim.SGD)")
+def check_finetune(finetune: dict | None) -> dict:
+    """``model.finetune`` completed with the neutral values of :data:`NO_STAGES` for keys it leaves out."""
+    finetune = {**NO_STAGES, **(_plain(finetune) or {})}
+    unknown = sorted(set(finetune) - set(NO_STAGES))
+    if unknown:
+        raise ConfigError(f"model.finetune has unknown key(s) {unknown}; known: {sorted(NO_STAGES)}")
     head_epochs, blocks, factor = finetune["head_epochs"], finetune["blocks"], finetune["lr_factor"]
     if not isinstance(head_epochs, int) or head_epochs < 0:
         raise ConfigError(f"model.finetune.head_epochs must be an integer >= 0, got {head_epochs!r}")
@@ -56,7 +52,18 @@ def check_training_args(optimizer: dict | None, finetune: dict | None, scheduler
         raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {blocks!r}")
     if not isinstance(factor, (int, float)) or factor <= 0:
         raise ConfigError(f"model.finetune.lr_factor must be a number > 0, got {factor!r}")
-    return optimizer, finetune
+    return finetune
+
+
+def check_training_args(
+    optimizer: Any, finetune: Any, scheduler: Any = None, scheduler_interval: str | None = None, mixing: Any = None
+) -> None:
+    """Validate ``model.optimizer``, ``model.scheduler``, ``model.finetune`` and ``model.mixing`` without building
+    anything (before any data is read)."""
+    check_optimizer(optimizer)
+    check_scheduler(scheduler, scheduler_interval)
+    check_finetune(finetune)
+    check_mixing(_plain(mixing))
 
 
 class NonFiniteLossError(CatdogError, FloatingPointError):
@@ -70,6 +77,10 @@ class ClassifierModule(pl.LightningModule):
     last ``blocks`` conv blocks are unfrozen and train at ``lr * lr_factor``. The optimizer holds every param group from
     the start (frozen parameters have no gradient, so they are not updated), so resuming mid-run needs no special case.
     BatchNorm layers of frozen blocks stay in eval mode: they keep the pretrained running statistics.
+
+    ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` configs (:mod:`catdog.optim`); ``mixing`` turns on
+    per-batch MixUp / CutMix. ``temperature`` (set after training by :mod:`catdog.calibration`) divides the logits of
+    :meth:`predict_proba` when given.
     """
 
     def __init__(
@@ -82,9 +93,12 @@ class ClassifierModule(pl.LightningModule):
         dropout: float = 0.5,
         width: float = 1.0,
         optimizer: dict | None = None,
-        scheduler: str | None = None,
+        scheduler: dict | None = None,
+        scheduler_interval: str | None = None,
+        decay_bias_and_norm: bool = False,
         finetune: dict | None = None,
         label_smoothing: float = 0.0,
+        mixing: dict | None = None,
         image_size: int = 224,
         crop_pct: float = 0.875,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -93,7 +107,8 @@ class ClassifierModule(pl.LightningModule):
         pretrained: str | None = None,
     ):
         super().__init__()
-        optimizer, finetune = check_training_args(optimizer, finetune, scheduler)
+        finetune = check_finetune(finetune)
+        mixing = check_mixing(_plain(mixing))
         classes = list(_plain(classes))
         self.save_hyperparameters(
             {
@@ -104,10 +119,13 @@ class ClassifierModule(pl.LightningModule):
                 "head_hidden": int(head_hidden),
                 "dropout": float(dropout),
                 "width": float(width),
-                "optimizer": optimizer,
-                "scheduler": scheduler,
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "scheduler_interval": scheduler_interval,
+                "decay_bias_and_norm": bool(decay_bias_and_norm),
                 "finetune": finetune,
                 "label_smoothing": float(label_smoothing),
+                "mixing": mixing,
                 "image_size": int(image_size),
                 "crop_pct": float(crop_pct),
                 "mean": [float(v) for v in _plain(mean)],
@@ -122,8 +140,12 @@ class ClassifierModule(pl.LightningModule):
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self.mixer = build_mixer(mixing, len(classes))
+        self.temperature: float | None = None
+        self._epoch_clock = [0.0, 0.0, 0]
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        # (probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files.
+        # (log-probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files and
+        # temperature fitting.
         self.last_validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ----- structure -----------------------------------------------------------------------------------------------
@@ -165,6 +187,9 @@ class ClassifierModule(pl.LightningModule):
             self._freeze_bn_stats()
         return self
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.temperature = checkpoint_temperature(checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Saved weights make the initial ones irrelevant: ``weights=None`` lets ``load_from_checkpoint`` rebuild
         the model offline, and ``pretrained`` keeps where training started."""
@@ -177,10 +202,11 @@ class ClassifierModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def predict_proba(self, x: torch.Tensor, tta: int = 0) -> torch.Tensor:
-        """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass."""
+    def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
+        """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass; each
+        view's logits are divided by ``temperature`` first when it is given."""
         views = make_views(x, check_tta(tta))
-        probs = F.softmax(self(views).float(), dim=1)
+        probs = F.softmax(scale_logits(self(views).float(), temperature), dim=1)
         return average_views(probs, tta + 1)
 
     # ----- training ------------------------------------------------------------------------------------------------
@@ -196,6 +222,8 @@ class ClassifierModule(pl.LightningModule):
         self.apply_stage(self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
+        now = time.perf_counter()
+        self._epoch_clock = [now, now, 0]  # start, end of the last training batch, images seen
         self.apply_stage(self.current_epoch)
         head_epochs = int(self.hparams.finetune["head_epochs"])
         if self.current_epoch == head_epochs and head_epochs > 0 and self._finetune_blocks():
@@ -207,8 +235,14 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch[0], batch[1]
         if x.numel() == 0:  # every image of the batch was unreadable and skipped
             return None
-        logits = self(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+        target = y
+        x = normalize(x, self.mean, self.std)
+        if self.mixer is not None:
+            x, target = self.mixer(x, y)  # soft targets: (B, K) class probabilities
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):
             lrs = ", ".join(f"{g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups) if self._trainer else "?"
             raise NonFiniteLossError(
@@ -216,42 +250,75 @@ class ClassifierModule(pl.LightningModule):
                 f"(learning rates {lrs}); the run stopped and its checkpoints are those of the last good epoch. "
                 "Lower model.optimizer.lr, or use precision=32-true to rule out overflow."
             )
+        self._epoch_clock[2] += len(y)
+        hard = target.argmax(1) if target.ndim == 2 else target
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, batch_size=len(y))
+        self.log("train/acc", (logits.argmax(1) == hard).float().mean(), on_epoch=True, batch_size=len(y))
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._epoch_clock[1] = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        """Training speed of the epoch, from its start to its last training batch (validation excluded)."""
+        start, end, images = self._epoch_clock
+        if end > start and images:
+            self.log("train/epoch_s", end - start)
+            self.log("train/images_per_s", images / (end - start))
 
     def validation_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
         if x.numel() == 0:
             return
-        probs = F.softmax(self(x).float(), dim=1)
-        self._val_outputs.append((probs.detach().cpu(), y.detach().cpu(), batch[2].detach().cpu()))
+        logp = F.log_softmax(self(x).float(), dim=1)
+        self._val_outputs.append((logp.detach().cpu(), y.detach().cpu(), batch[2].detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        probs, targets, indices = (torch.cat(t) for t in zip(*self._val_outputs))
+        logp, targets, indices = (torch.cat(t) for t in zip(*self._val_outputs))
         self._val_outputs = []
         if not self.trainer.sanity_checking:
-            self.last_validation = (probs, targets, indices)
+            self.last_validation = (logp, targets, indices)
+        probs = logp.exp()
         self.log("val/logloss", log_loss(probs, targets), prog_bar=True)
         self.log("val/acc", accuracy(probs, targets), prog_bar=True)
 
     def configure_optimizers(self):
-        opt_cfg = dict(self.hparams.optimizer)
-        lr = float(opt_cfg["lr"])
+        factory = check_optimizer(self.hparams.optimizer)
+        lr = float(factory.keywords["lr"])
         factor = float(self.hparams.finetune["lr_factor"])
-        groups = [{"params": list(self.net.head.parameters()), "lr": lr, "name": "head"}]
-        block_params = [p for b in self._finetune_blocks() for p in b.parameters()]
-        if block_params:
-            groups.append({"params": block_params, "lr": lr * factor, "name": "backbone"})
-        optimizer = hydra.utils.get_class(opt_cfg.pop("_target_"))(groups, **opt_cfg)
-        if self.hparams.scheduler == "cosine":
-            max_epochs = (
-                self.trainer.max_epochs
-                if self.trainer and self.trainer.max_epochs and self.trainer.max_epochs > 0
-                else 1
+        blocks = self._finetune_blocks()
+        block_ids = {id(p) for b in blocks for p in b.parameters()}
+        backbone = [(n, p) for n, p in self.net.backbone.named_parameters() if id(p) in block_ids]
+        groups = param_groups(
+            [("head", lr, self.net.head.named_parameters()), ("backbone", lr * factor, backbone)],
+            weight_decay=float(factory.keywords.get("weight_decay", 0.0)),
+            decay_bias_and_norm=self.hparams.decay_bias_and_norm,
+        )
+        optimizer = factory(groups)
+        scheduler = check_scheduler(self.hparams.scheduler, self.hparams.scheduler_interval)
+        if scheduler is None:
+            return optimizer
+        total, per_epoch = self._steps()
+        head_epochs = int(self.hparams.finetune["head_epochs"])
+        unfreeze = head_epochs * per_epoch if head_epochs > 0 and blocks else None
+        config = build_scheduler(
+            scheduler, optimizer, total_steps=total, steps_per_epoch=per_epoch, unfreeze_step=unfreeze,
+            interval=self.hparams.scheduler_interval,
+        )  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _steps(self) -> tuple[int, int]:
+        """(total optimizer steps, steps per epoch) of this fit, from the Trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            raise ConfigError("a learning-rate schedule needs the Trainer (total steps); attach the module first")
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        total = trainer.estimated_stepping_batches
+        if max_epochs is None or total == float("inf"):
+            raise ConfigError(
+                "model.scheduler needs a known run length: set trainer.max_epochs (or model.scheduler=null)"
             )
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        return optimizer
+        total = max(1, int(total))
+        return total, max(1, total // max_epochs)

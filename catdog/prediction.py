@@ -12,12 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
 from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
-from catdog.ensemble import check_ensemble_mode, combine, markdown_table, resolve_members
+from catdog.ensemble import check_ensemble_mode, combine, markdown_table, read_split, resolve_members
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
 from catdog.images import find_bad_images, format_bad_images
 from catdog.layouts import find_unlabelled, image_ids, read_labelled
 from catdog.metrics import accuracy, log_loss
+from catdog.precision import AUTOCAST, auto_precision
 from catdog.submission import check_clip, clip_probs, submission_text, write_submission
 from catdog.transforms import eval_resize_size, eval_transform
 from catdog.tta import check_tta
@@ -41,23 +42,28 @@ PRECISIONS = ("auto", "32", "bf16", "16")
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for prediction, or None for fp32.
 
-    ``auto``: bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU (``bf16`` there is opt-in: about
-    2.7x faster with channels_last on CPUs with AMX, see docs/benchmarks.md).
+    ``auto`` follows :mod:`catdog.precision`: bf16 on GPUs and CPUs that compute in bf16 natively, fp16 on CUDA GPUs
+    that only emulate bf16, fp32 on other CPUs.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
+    if precision == "auto":
+        return AUTOCAST[auto_precision("cuda" if device.type == "cuda" else "cpu")]
+    return {"32": None, "16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 @torch.inference_mode()
 def predict_loader(
-    model, loader, tta: int, device: torch.device, precision: str = "auto", compile: bool = False
+    model,
+    loader,
+    tta: int,
+    device: torch.device,
+    precision: str = "auto",
+    compile: bool = False,
+    temperature: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, K), dataset indices (N,)) over a loader of ``(x, label, index)`` batches.
+    """(probabilities (N, K), dataset indices (N,)) over a loader of ``(x, label, index)`` batches; logits are divided
+    by ``temperature`` when given.
 
     ``compile`` runs the forward pass through ``torch.compile`` (seconds of compilation up front, then faster:
     see docs/benchmarks.md).
@@ -71,7 +77,7 @@ def predict_loader(
             continue
         x = x.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            p = forward(x, tta)
+            p = forward(x, tta, temperature)
         probs.append(p.float().cpu())
         indices.append(idx)
     if not probs:
@@ -92,24 +98,38 @@ def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[st
     return [p for p in paths if str(p) not in bad_set], bad
 
 
-def _default_input(cfg: DictConfig, model) -> Path:
-    """``data.dir/test``, where ``data.dir`` defaults to the dataset the checkpoint was trained on."""
+def _data_root(cfg: DictConfig, model) -> Path:
+    """``data.dir``, by default the dataset the checkpoint was trained on."""
     root = OmegaConf.select(cfg, "data.dir") or model.datamodule_hparams.get("dir")
     if not root:
         raise ConfigError(
             "input= (or data.dir=) is required: the checkpoint does not say which dataset it was trained on"
         )
-    return Path(root) / "test"
+    return Path(root)
+
+
+def _default_input(cfg: DictConfig, model) -> Path:
+    """``data.dir/test``, where ``data.dir`` defaults to the dataset the checkpoint was trained on."""
+    return _data_root(cfg, model) / "test"
 
 
 def _predict_member(
-    model, paths: list[str], tta: int, device, batch_size: int, workers: int, precision: str, compile: bool
+    model,
+    paths: list[str],
+    tta: int,
+    device,
+    batch_size: int,
+    workers: int,
+    precision: str,
+    compile: bool,
+    temperature: float | None,
 ) -> np.ndarray:
-    """One model's probabilities for ``paths``, in that order, with its own preprocessing."""
+    """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature."""
     hp = model.hparams
     transform = eval_transform(hp.image_size, hp.crop_pct)
     dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
-    probs, order = predict_loader(model, make_loader(dataset, batch_size, workers), tta, device, precision, compile)
+    loader = make_loader(dataset, batch_size, workers)
+    probs, order = predict_loader(model, loader, tta, device, precision, compile, temperature)
     out = np.empty_like(probs)
     out[order] = probs
     return out
@@ -135,7 +155,10 @@ def predict(cfg: DictConfig):
     source = Path(cfg.input) if cfg.input else _default_input(cfg, model)
 
     if cfg.labelled:
-        images = read_labelled(source, classes=classes)
+        if source.suffix == ".csv" and source.is_file():  # a run's split.csv: its validation images
+            images = read_split(source, _data_root(cfg, model), classes)
+        else:
+            images = read_labelled(source, classes=classes)
         paths, labels = images.paths, images.labels
     else:
         paths, labels = [str(p) for p in find_unlabelled(source)], None
@@ -143,7 +166,8 @@ def predict(cfg: DictConfig):
     kept, bad = _screen(paths, policy, workers)
     if not kept:
         raise DatasetError(f"no readable images in {source}")
-    member_probs = []
+    member_probs, temperatures = [], []
+    calibrate = bool(cfg.get("calibrate", True))
     for i, member in enumerate(members):
         if i > 0:
             model = load_classifier(member)
@@ -151,7 +175,16 @@ def predict(cfg: DictConfig):
                 raise CheckpointError(
                     f"ensemble members disagree on classes: {members[0]} has {classes}, {member} has {model.classes}"
                 )
-        probs = _predict_member(model, kept, tta, device, cfg.batch_size, workers, precision, bool(cfg.get("compile")))
+        temperature = model.temperature if calibrate else None
+        temperatures.append(temperature)
+        log.info(
+            "%s: %s", member,
+            f"temperature {temperature:.3f} applied" if temperature else
+            "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
+        )  # fmt: skip
+        probs = _predict_member(
+            model, kept, tta, device, cfg.batch_size, workers, precision, bool(cfg.get("compile")), temperature
+        )
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)
@@ -166,7 +199,7 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(probs, targets, kept_ids, classes, tta, output)
+        return _report(probs, targets, kept_ids, classes, tta, output, temperatures)
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
@@ -185,14 +218,16 @@ def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: in
     return "\n".join(lines)
 
 
-def _report(probs, targets, ids, classes, tta, output: Path) -> dict[str, float]:
+def _report(probs, targets, ids, classes, tta, output: Path, temperatures=()) -> dict[str, float]:
     """Print accuracy and log loss for a labelled folder; write per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
+    applied = [f"{v:.3f}" for v in temperatures if v]
+    calibrated = f"T = {', '.join(applied)}" if applied else "no"
     print(
         markdown_table(
-            ("images", "tta", "accuracy", "log loss"),
-            [(len(ids), tta, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
+            ("images", "tta", "calibrated", "accuracy", "log loss"),
+            [(len(ids), tta, calibrated, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
         )
     )
     print(top_losses_table(probs, targets, ids, classes))

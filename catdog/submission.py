@@ -13,6 +13,10 @@ import numpy as np
 from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text, check_writable
 
+#: Nine significant digits: every float32 probability reads back exactly (as float32), and p = 3e-7 stays 3e-07
+#: instead of rounding to 0 (which Kaggle's clamp would score as a log loss of 34.5 instead of 15.0).
+PROB_FORMAT = ".9g"
+
 
 def id_sort_key(image_id: str):
     """Numeric ids sort numerically (2 before 10), others by text after them."""
@@ -52,11 +56,11 @@ def submission_text(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str
     if len(classes) == 2:
         w.writerow(["id", "label"])
         for i in order:
-            w.writerow([ids[i], f"{probs[i, 1]:.6f}"])
+            w.writerow([ids[i], f"{probs[i, 1]:{PROB_FORMAT}}"])
     else:
         w.writerow(["id", *classes])
         for i in order:
-            w.writerow([ids[i], *(f"{v:.6f}" for v in probs[i])])
+            w.writerow([ids[i], *(f"{v:{PROB_FORMAT}}" for v in probs[i])])
     return out.getvalue()
 
 

@@ -14,7 +14,7 @@ from catdog.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/acc", "epochs", "wall_time_s")
+SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/logloss_calibrated", "val/acc", "epochs", "wall_time_s")
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -35,12 +35,18 @@ def sweep_rows(sweep_dir: Path) -> list[tuple]:
         overrides = " ".join(o for o in all_overrides if o not in common)
         if (job / RESULT_NAME).is_file():
             r = json.loads((job / RESULT_NAME).read_text())
-            rows.append((job.name, overrides, r["val/logloss"], r["val/acc"], r["epochs"], r["wall_time_s"]))
+            rows.append(
+                (
+                    job.name, overrides, r["val/logloss"], r.get("val/logloss_calibrated"), r["val/acc"], r["epochs"],
+                    r["wall_time_s"],
+                )
+            )  # fmt: skip
         elif (job / MANIFEST_NAME).is_file():
             oof = json.loads((job / MANIFEST_NAME).read_text())["oof"]
-            rows.append((job.name, overrides + " (k-fold OOF)", oof["logloss"], oof["acc"], None, None))
+            row = (oof["logloss"], oof.get("logloss_calibrated"), oof["acc"], None, None)
+            rows.append((job.name, overrides + " (k-fold OOF)", *row))
         else:
-            rows.append((job.name, overrides + " (no result)", None, None, None, None))
+            rows.append((job.name, overrides + " (no result)", None, None, None, None, None))
     return rows
 
 
@@ -49,7 +55,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> Path | None:
     rows = sweep_rows(sweep_dir)
     if not rows:
         return None
-    text_rows = [(*(_fmt(v) for v in r[:4]), _fmt(r[4]), _fmt(r[5], 1)) for r in rows]
+    text_rows = [(*(_fmt(v) for v in r[:5]), _fmt(r[5]), _fmt(r[6], 1)) for r in rows]
     atomic_write_text(sweep_dir / "summary.csv", csv_text(SUMMARY_HEADER, text_rows))
     atomic_write_text(sweep_dir / "summary.md", markdown_table(SUMMARY_HEADER, text_rows))
     print(markdown_table(SUMMARY_HEADER, text_rows))

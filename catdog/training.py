@@ -13,34 +13,30 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import StochasticWeightAveraging
 
-from catdog.checkpoints import SafeCheckpointIO, read_checkpoint
+from catdog.calibration import calibrated_probs, calibration_record
+from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.models import check_network_args, check_weights_available
 from catdog.module import check_training_args
+from catdog.precision import cpu_bf16_instructions, resolve_precision
 
 log = logging.getLogger(__name__)
 
+# The bare Trainer that scores the best checkpoint needs none of the callbacks that wrote it; Lightning warns anyway.
+warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+
 KFOLD_SETTINGS = "kfold.json"
-
-
-def resolve_precision(precision: str | None, accelerator: str = "auto") -> str:
-    """``None`` -> bf16-mixed on a CUDA GPU that supports it, 16-mixed on other CUDA GPUs, 32-true elsewhere."""
-    if precision is not None:
-        return str(precision)
-    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not use_cuda:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -49,13 +45,46 @@ def check_train_config(cfg: DictConfig) -> None:
     check_data_config(
         image_size=d.image_size, batch_size=d.batch_size, val_fraction=d.val_fraction, folds=d.folds, fold=d.fold,
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
+        progressive=_plain(d.get("progressive")), augment=_plain(d.get("augment")),
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
-    check_training_args(m.get("optimizer"), m.get("finetune"), m.get("scheduler"))
+    check_training_args(
+        m.get("optimizer"), m.get("finetune"), m.get("scheduler"), m.get("scheduler_interval"), m.get("mixing")
+    )
+    _check_averaging(cfg)
     check_weights_available(m.arch, m.get("weights"))
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+def _check_averaging(cfg: DictConfig) -> None:
+    """The averaging callback must exist in the installed Lightning; SWA recomputes every BatchNorm layer's
+    statistics, which would wipe those of frozen (pretrained) blocks."""
+    averaging = (cfg.get("callbacks") or {}).get("averaging")
+    if averaging is None:
+        return
+    target = str(averaging.get("_target_", ""))
+    try:
+        hydra.utils.get_class(target)
+    except Exception:  # noqa: BLE001 - any import failure gets the same message
+        raise ConfigError(
+            f"callbacks.averaging._target_={target} cannot be imported: weight averaging needs pytorch-lightning "
+            f">= 2.6 (installed {pl.__version__}); pip install -U 'pytorch-lightning>=2.6'"
+        ) from None
+    if not target.endswith("StochasticWeightAveraging"):
+        return
+    finetune = cfg.model.get("finetune") or {}
+    if cfg.model.arch.endswith("_bn") and finetune.get("blocks", -1) != -1:
+        raise ConfigError(
+            f"averaging=swa resets the BatchNorm statistics of every layer, but model.finetune.blocks="
+            f"{finetune.get('blocks')} keeps some blocks frozen (their ImageNet statistics would be lost); "
+            "use averaging=ema, or model.finetune.blocks=-1"
+        )
 
 
 def build_datamodule(cfg: DictConfig):
@@ -110,6 +139,20 @@ def check_resume_matches(path: str, model) -> None:
         raise CheckpointError(f"cannot resume from {path}, it does not match this run: " + "; ".join(diffs))
 
 
+def _swa(trainer: pl.Trainer) -> StochasticWeightAveraging | None:
+    return next((c for c in trainer.callbacks if isinstance(c, StochasticWeightAveraging)), None)
+
+
+def score_checkpoint(cfg: DictConfig, model, datamodule, ckpt_path: str | None) -> None:
+    """Validate ``ckpt_path`` (or the model's current weights) with a bare Trainer: no callback may swap weights in
+    (weight averaging does during validation) or write files. Leaves the predictions in ``model.last_validation``."""
+    scorer = build_trainer(
+        cfg, callbacks=[], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    scorer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+
+
 def fit_one(cfg: DictConfig) -> dict:
     """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record."""
     out_dir = Path(cfg.paths.output_dir)
@@ -126,8 +169,13 @@ def fit_one(cfg: DictConfig) -> dict:
     resume = _resume_path(cfg, out_dir)
     if resume:
         check_resume_matches(resume, model)
-    log.info("precision %s; %s", trainer.precision, f"resuming from {resume}" if resume else "fresh run")
+    log.info(
+        "precision %s (CPU bf16: %s); %s",
+        trainer.precision, cpu_bf16_instructions(), f"resuming from {resume}" if resume else "fresh run",
+    )  # fmt: skip
+    fit_start = time.time()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    fit_time = time.time() - fit_start
 
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
@@ -137,25 +185,53 @@ def fit_one(cfg: DictConfig) -> dict:
             out_dir, out_dir / "checkpoints" / "last.ckpt",
         )  # fmt: skip
         raise KeyboardInterrupt
-    if trainer.val_dataloaders is not None and not trainer.fast_dev_run:
-        # Score the best checkpoint (not the last epoch) and keep its predictions as out-of-fold predictions.
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    if _swa(trainer) is not None and not trainer.fast_dev_run:
+        # The averaged weights exist only now, after training: they are the result, in a checkpoint of their own.
+        best = str(out_dir / "checkpoints" / SWA_NAME)
+        trainer.save_checkpoint(best)
+        log.info("stochastic weight averaging: the averaged model is %s", best)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result = {
         "fold": cfg.data.get("fold"),
         "best_checkpoint": os.path.relpath(best, out_dir) if best else None,
         "val/logloss": metrics.get("val/logloss"),
         "val/acc": metrics.get("val/acc"),
-        "epochs": int(trainer.current_epoch),
-        "wall_time_s": round(time.time() - start, 1),
-        "classes": datamodule.classes,
-        "metrics": metrics,
     }
+    if trainer.val_dataloaders is not None and not trainer.fast_dev_run:
+        # Score the best checkpoint (not the last epoch) and keep its predictions as out-of-fold predictions.
+        model.last_validation = None
+        score_checkpoint(cfg, model, datamodule, best)
     if model.last_validation is not None:
-        write_oof(out_dir / "oof.csv", datamodule, *model.last_validation, fold=cfg.data.get("fold"))
+        logp, targets, indices = model.last_validation
+        # Exact (double precision) figures of the predictions that oof.csv holds, not the logger's float32 copy.
+        # Double precision, written exactly; the scores are those of the file's rows (as k-fold assembly reads them).
+        oof = write_oof(out_dir / "oof.csv", datamodule, calibrated_probs(logp, None), targets, indices, cfg.data.fold)
+        result["val/logloss"], result["val/acc"] = oof["logloss"], oof["acc"]
+        if cfg.get("calibrate", True):
+            result["calibration"] = calibration_record(logp, targets)
+            result["val/logloss_calibrated"] = result["calibration"]["logloss_after"]
+            if best:
+                save_calibration(best, result["calibration"])
+    result.update(
+        {
+            "epochs": int(trainer.current_epoch),
+            "train_images": len(datamodule.train_set),
+            # trainer.fit alone (training and per-epoch validation; a resumed run: this session's part)
+            "fit_time_s": round(fit_time, 1),
+            "wall_time_s": round(time.time() - start, 1),
+            "classes": datamodule.classes,
+            "metrics": metrics,
+        }
+    )
     atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     if best:
         log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
+    if "calibration" in result:
+        c = result["calibration"]
+        log.info(
+            "temperature %.3f fitted on %d validation images: val/logloss %.4f -> %.4f",
+            c["temperature"], c["images"], c["logloss_before"], c["logloss_after"],
+        )  # fmt: skip
     return result
 
 
@@ -173,7 +249,14 @@ def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
         values = OmegaConf.to_container(cfg[name], resolve=resolve)
         return {k: v for k, v in values.items() if k not in _RESUME_FREE.get(name, ())}
 
-    settings = {"data": group("data"), "model": group("model"), "trainer": group("trainer", False), "seed": cfg.seed}
+    averaging = (cfg.get("callbacks") or {}).get("averaging")
+    settings = {
+        "data": group("data"),
+        "model": group("model"),
+        "trainer": group("trainer", False),
+        "averaging": OmegaConf.to_container(averaging, resolve=True) if averaging is not None else {},
+        "seed": cfg.seed,
+    }
     settings = json.loads(json.dumps(settings, default=str))
     path = run_dir / KFOLD_SETTINGS
     if path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,24 @@ def eval_transform(image_size: int, crop_pct: float = 0.875) -> v2.Compose:
     )
 
 
+AUTO_AUGMENTS = (None, "trivial", "randaugment")
+
+
+def _auto_augment(name: str | None, magnitude: int | None) -> list:
+    """torchvision's automatic augmentation policies: ``trivial`` (TrivialAugmentWide, no settings) or
+    ``randaugment`` (RandAugment, 2 ops at ``magnitude``, default 9)."""
+    if name not in AUTO_AUGMENTS:
+        raise ConfigError(f"data.augment.auto must be one of {list(AUTO_AUGMENTS)}, got {name!r}")
+    if name == "trivial":
+        return [v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)]
+    if name == "randaugment":
+        m = 9 if magnitude is None else magnitude
+        if not isinstance(m, int) or not 0 <= m <= 30:
+            raise ConfigError(f"data.augment.magnitude must be an integer in 0..30, got {magnitude!r}")
+        return [v2.RandAugment(num_ops=2, magnitude=m, interpolation=InterpolationMode.BILINEAR)]
+    return []
+
+
 def train_transform(
     image_size: int,
     scale: Sequence[float] = (0.35, 1.0),
@@ -44,11 +63,15 @@ def train_transform(
     hflip: float = 0.5,
     rotation: float = 0.0,
     color_jitter: float = 0.0,
+    auto: str | None = None,
+    magnitude: int | None = None,
 ) -> v2.Compose:
-    """Train-time augmentation: random resized crop, horizontal flip, optional small rotation and colour jitter."""
+    """Train-time augmentation: random resized crop, horizontal flip, optional small rotation, colour jitter and an
+    automatic policy (``auto``: TrivialAugmentWide or RandAugment, applied after the crop)."""
     _check_size(image_size)
     if not (0.0 < scale[0] <= scale[1] <= 1.0):
         raise ConfigError(f"data.augment.scale must satisfy 0 < lo <= hi <= 1, got {list(scale)}")
+    policy = _auto_augment(auto, magnitude)
     ops = []
     if rotation:
         ops.append(v2.RandomRotation(float(rotation), interpolation=InterpolationMode.BILINEAR))
@@ -62,8 +85,113 @@ def train_transform(
     if color_jitter:
         j = float(color_jitter)
         ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    ops += policy
     ops.append(v2.PILToTensor())
     return v2.Compose(ops)
+
+
+def check_progressive(progressive: dict | None, image_size: int) -> dict | None:
+    """``data.progressive``: ``{start_size, epochs}`` (train size grows from start_size to image_size over the first
+    ``epochs`` epochs) or null."""
+    if progressive is None:
+        return None
+    if not isinstance(progressive, dict) or set(progressive) - {"start_size", "epochs", "multiple"}:
+        raise ConfigError(f"data.progressive must be null or {{start_size, epochs[, multiple]}}, got {progressive!r}")
+    start, epochs = progressive.get("start_size"), progressive.get("epochs")
+    multiple = progressive.get("multiple", 16)
+    if not isinstance(start, int) or not 32 <= start <= image_size:
+        raise ConfigError(f"data.progressive.start_size must be an integer in 32..{image_size}, got {start!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"data.progressive.epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ConfigError(f"data.progressive.multiple must be a positive integer, got {multiple!r}")
+    return {"start_size": start, "epochs": epochs, "multiple": multiple}
+
+
+def progressive_size(epoch: int, image_size: int, progressive: dict | None) -> int:
+    """Training image size at ``epoch``: linear from ``start_size`` (epoch 0) to ``image_size`` (epoch ``epochs``
+    and later), rounded down to a multiple of ``multiple`` (never below ``start_size``)."""
+    if progressive is None:
+        return image_size
+    start, epochs, multiple = progressive["start_size"], progressive["epochs"], progressive.get("multiple", 16)
+    if epoch >= epochs:
+        return image_size
+    size = start + (image_size - start) * epoch / epochs
+    return max(start, int(size) // multiple * multiple)
+
+
+def check_augment(augment: dict | None) -> dict:
+    """``data.augment``: only :func:`train_transform`'s settings."""
+    augment = dict(augment or {})
+    known = [name for name in inspect.signature(train_transform).parameters if name != "image_size"]
+    unknown = sorted(set(augment) - set(known))
+    if unknown:
+        raise ConfigError(f"data.augment has unknown key(s) {unknown}; known: {known}")
+    return augment
+
+
+class ProgressiveTransform:
+    """The train transform for each epoch's image size (progressive resizing); the dataset calls ``for_epoch``."""
+
+    def __init__(self, image_size: int, progressive: dict | None, **augment):
+        self.image_size = image_size
+        self.progressive = check_progressive(progressive, image_size)
+        self.augment = check_augment(augment)
+        self._by_size: dict[int, v2.Compose] = {}
+        self.for_epoch(0)  # validate the augmentation settings now
+
+    def size(self, epoch: int) -> int:
+        return progressive_size(epoch, self.image_size, self.progressive)
+
+    def for_epoch(self, epoch: int) -> v2.Compose:
+        size = self.size(epoch)
+        if size not in self._by_size:
+            self._by_size[size] = train_transform(size, **self.augment)
+        return self._by_size[size]
+
+    def __call__(self, image):
+        return self.for_epoch(0)(image)
+
+
+def check_mixing(mixing: dict | None) -> dict:
+    """``model.mixing``: ``{mixup_alpha, cutmix_alpha, prob}``; alphas 0 turn each off."""
+    values = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, **(mixing or {})}
+    unknown = sorted(set(values) - {"mixup_alpha", "cutmix_alpha", "prob"})
+    if unknown:
+        raise ConfigError(f"model.mixing has unknown key(s) {unknown}; known: mixup_alpha, cutmix_alpha, prob")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        v = values[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"model.mixing.{key} must be a number >= 0 (0 = off), got {v!r}")
+    p = values["prob"]
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise ConfigError(f"model.mixing.prob must be in [0, 1], got {p!r}")
+    return {k: float(v) for k, v in values.items()}
+
+
+def build_mixer(mixing: dict | None, num_classes: int):
+    """Per-batch MixUp / CutMix from torchvision (one of them, chosen at random, when both are on), applied to a
+    ``prob`` fraction of batches: ``mixer(images, labels) -> (images, soft labels (B, K))``; None when off."""
+    m = check_mixing(mixing)
+    ops = []
+    if m["mixup_alpha"] > 0:
+        ops.append(v2.MixUp(alpha=m["mixup_alpha"], num_classes=num_classes))
+    if m["cutmix_alpha"] > 0:
+        ops.append(v2.CutMix(alpha=m["cutmix_alpha"], num_classes=num_classes))
+    if not ops or m["prob"] == 0:
+        return None
+    mixer = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+    return _Mixer(mixer, m["prob"], num_classes)
+
+
+class _Mixer:
+    def __init__(self, mixer, prob: float, num_classes: int):
+        self.mixer, self.prob, self.num_classes = mixer, prob, num_classes
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prob < 1.0 and float(torch.rand(())) >= self.prob:
+            return x, y
+        return self.mixer(x, y)
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

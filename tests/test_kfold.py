@@ -136,7 +136,7 @@ def test_resume_mid_run_matches_uninterrupted_run(tmp_path):
         "trainer.max_epochs=3",
         "model.finetune.head_epochs=1",
         "model.finetune.blocks=2",
-        "model.scheduler=cosine",
+        "model/scheduler=onecycle",
     )
     full = train(tiny_train_cfg(data, tmp_path / "full", *extra))
 

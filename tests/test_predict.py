@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 from catdog.checkpoints import load_classifier
-from catdog.errors import BadImageError, CheckpointError, ConfigError
+from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import OutputExistsError
 from catdog.images import load_image
 from catdog.prediction import predict
@@ -49,12 +50,13 @@ def test_submission_is_valid_and_sorted_numerically(trained, tmp_path):
 
 def test_tta0_equals_plain_forward(trained, tmp_path):
     ckpt, data = trained
-    rows = _read(_predict(ckpt, tmp_path, "tta=0"))
+    rows = _read(_predict(ckpt, tmp_path, "tta=0", "precision=32"))
     model = load_classifier(ckpt)
+    assert model.temperature is not None  # applied by default (calibrate=true)
     transform = eval_transform(model.hparams.image_size, model.hparams.crop_pct)
     x = torch.stack([transform(load_image(data / "test" / f"{r[0]}.jpg")) for r in rows[1:]])
     with torch.no_grad():
-        expected = torch.softmax(model(x), dim=1)[:, 1].numpy()
+        expected = torch.softmax(model(x) / model.temperature, dim=1)[:, 1].numpy()
     got = np.array([float(r[1]) for r in rows[1:]])
     np.testing.assert_allclose(got, expected, atol=2e-6)
 
@@ -135,10 +137,26 @@ def test_labelled_folder_is_scored(trained, tmp_path, capsys):
     assert scores["images"] == 16
     assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0
     out = capsys.readouterr().out
-    assert "| images | tta | accuracy | log loss |" in out
+    assert "| images | tta | calibrated | accuracy | log loss |" in out
     assert "| id | true label | predicted | P(true label) |" in out
     rows = _read(tmp_path / "submission.csv")
     assert rows[0] == ["id", "label", "true_label"] and len(rows) == 17
+
+
+def test_run_split_file_scores_the_validation_images(trained, tmp_path):
+    ckpt, _ = trained
+    run = ckpt.parent.parent
+    result = json.loads((run / "result.json").read_text())
+    val_rows = [r for r in _read(run / "split.csv")[1:] if r[2] == "val"]
+    for calibrate, key in (("false", "val/logloss"), ("true", "val/logloss_calibrated")):
+        scores = _predict(
+            ckpt, tmp_path / calibrate, f"input={run / 'split.csv'}", "labelled=true", f"calibrate={calibrate}"
+        )
+        assert scores["images"] == len(val_rows)
+        assert scores["log_loss"] == pytest.approx(result[key], abs=2e-3)
+        assert scores["accuracy"] == pytest.approx(result["val/acc"])
+    with pytest.raises(DatasetError, match="not a catdog split.csv"):
+        _predict(ckpt, tmp_path / "bad", f"input={run / 'oof.csv'}", "labelled=true")
 
 
 def test_more_than_two_classes_writes_a_column_per_class(tmp_path):

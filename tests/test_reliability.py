@@ -145,14 +145,19 @@ def test_resume_from_other_architecture_names_both_sides(tmp_path):
         ("model.head=big", r"model\.head must be one of \['small', 'vgg'\]"),
         ("model.optimizer.lr=-1", r"model\.optimizer\.lr must be a number > 0"),
         ("model.finetune.blocks=7", r"model\.finetune\.blocks must be 0\.\.5 or -1"),
-        ("model.scheduler=step", r"model\.scheduler must be one of"),
+        ("model.scheduler=step", r"model\.scheduler must be a config with _target_"),
+        ("model.optimizer._target_=torch.optim.AdamW", r"model\.optimizer: torch\.optim\.adamw\.AdamW does not accept"),
+        ("model/scheduler=onecycle model.scheduler.pct_start=1.5", r"model\.scheduler\.pct_start must be a number in"),
+        ("model.mixing.mixup_alpha=-1", r"model\.mixing\.mixup_alpha must be a number >= 0"),
+        ("data.augment.auto=autoaugment", r"data\.augment\.auto must be one of"),
+        ("data.progressive={start_size:16,epochs:2}", r"data\.progressive\.start_size must be an integer in"),
         ("model.dropout=1.5", r"model\.dropout must be in \[0, 1\)"),
         ("trainer.max_epochs=-5", r"trainer\.max_epochs must be a positive integer"),
         ("data.verify=maybe", r"data\.verify must be one of"),
     ],
 )
 def test_bad_config_one_line_error_before_any_data_is_read(override, message, tmp_path):
-    cfg = tiny_train_cfg(tmp_path / "no-such-data", tmp_path / "run", override)
+    cfg = tiny_train_cfg(tmp_path / "no-such-data", tmp_path / "run", *override.split())
     with pytest.raises(ConfigError, match=message) as err:
         train(cfg)
     assert "\n" not in str(err.value)

@@ -43,9 +43,9 @@ def test_ids_sort_numerically_then_text():
 
 def test_submission_text_two_and_many_classes():
     probs = np.array([[0.25, 0.75], [0.5, 0.5]])
-    assert submission_text(["10", "9"], probs, ["cat", "dog"]) == "id,label\n9,0.500000\n10,0.750000\n"
+    assert submission_text(["10", "9"], probs, ["cat", "dog"]) == "id,label\n9,0.5\n10,0.75\n"
     text = submission_text(["x"], np.array([[0.2, 0.3, 0.5]]), ["a", "b", "c"])
-    assert text.splitlines() == ["id,a,b,c", "x,0.200000,0.300000,0.500000"]
+    assert text.splitlines() == ["id,a,b,c", "x,0.2,0.3,0.5"]
 
 
 def test_clip_keeps_rows_normalized():

@@ -1,0 +1,72 @@
+"""Temperature scaling (Guo et al., 2017): one scalar T, fitted on held-out predictions, that divides the logits.
+
+It changes no decision (argmax is the same for every T > 0), only how sure the probabilities are, which is what
+log loss scores. It is fitted on the validation images of the run (for k-fold: each fold on its own out-of-fold
+images), never on the images the model trained on, where a model is always over-confident.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from catdog.metrics import log_loss
+
+#: Fitted temperatures are kept in this range (a degenerate fit, e.g. on perfectly separated data, stays finite).
+T_MIN, T_MAX = 0.05, 20.0
+
+
+def scale_logits(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """``logits / temperature``; unchanged for ``None``. Also right for log-probabilities: softmax removes the
+    per-row constant that separates them from logits."""
+    if temperature is None or temperature == 1.0:
+        return logits
+    return logits / temperature
+
+
+def calibrated_probs(logp: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """``softmax(logp / T)`` in double precision."""
+    return F.softmax(scale_logits(logp.double(), temperature), dim=1)
+
+
+def nll(logp: torch.Tensor, targets: torch.Tensor, temperature: float | None = None) -> float:
+    """Kaggle's log loss (:func:`catdog.metrics.log_loss`) of ``softmax(logp / T)``."""
+    return log_loss(calibrated_probs(logp, temperature), targets)
+
+
+def fit_temperature(logp: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """The T > 0 that minimizes the log loss of ``softmax(logp / T)`` on ``targets``, by LBFGS on log T (double
+    precision), clamped to [T_MIN, T_MAX]."""
+    if len(targets) == 0:
+        raise ValueError("cannot fit a temperature on zero predictions")
+    # Clones: validation outputs are inference-mode tensors, which autograd cannot use.
+    z = logp.detach().clone().double()
+    y = targets.detach().clone().long()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.inference_mode(False), torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t):
+        return 1.0
+    return min(max(t, T_MIN), T_MAX)
+
+
+def calibration_record(logp: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Fit T on (``logp``, ``targets``): ``{"temperature", "logloss_before", "logloss_after", "images"}``."""
+    t = fit_temperature(logp, targets)
+    return {
+        "temperature": t,
+        "logloss_before": nll(logp, targets),
+        "logloss_after": nll(logp, targets, t),
+        "images": len(targets),
+    }

@@ -1,0 +1,122 @@
+"""Temperature scaling: fitted on held-out predictions only, saved with the run, applied by predict.py; probabilities
+written with enough digits to read back exactly."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from catdog.calibration import calibration_record, fit_temperature, nll
+from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.ensemble import read_oof
+from catdog.metrics import log_loss
+from catdog.module import ClassifierModule
+from catdog.prediction import predict
+from catdog.submission import submission_text
+from catdog.training import train
+from tests.conftest import compose_predict, make_flat, tiny_train_cfg
+
+
+def _overconfident(n=4000, scale=3.0, seed=0):
+    """Labels drawn from softmax(z); the model reports ``scale * z`` (over-confident for scale > 1)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 2, generator=g) * 2
+    y = torch.multinomial(F.softmax(z, 1), 1, generator=g).squeeze(1)
+    return F.log_softmax(z * scale, 1), y
+
+
+def test_temperature_fixes_an_overconfident_model():
+    logp, y = _overconfident(scale=3.0)
+    t = fit_temperature(logp, y)
+    assert 2.6 < t < 3.4
+    rec = calibration_record(logp, y)
+    assert rec["logloss_after"] < rec["logloss_before"] - 0.05
+    assert rec["logloss_before"] == pytest.approx(log_loss(logp.exp(), y), abs=1e-6)
+    # Under-confident models get T < 1; accuracy never changes.
+    logp, y = _overconfident(scale=0.5, seed=1)
+    assert 0.4 < fit_temperature(logp, y) < 0.6
+
+
+def test_temperature_round_trips_through_checkpoint_and_predict(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=10, test=4)
+    run = tmp_path / "run"
+    train(tiny_train_cfg(data, run, "trainer.max_epochs=2"))
+    result = json.loads((run / "result.json").read_text())
+    rec = result["calibration"]
+    t = rec["temperature"]
+    assert t != 1.0 and rec["logloss_before"] == pytest.approx(result["val/logloss"], abs=1e-12)
+    assert result["val/logloss_calibrated"] == rec["logloss_after"] <= rec["logloss_before"] + 1e-12
+    # Fitted on exactly the validation predictions in oof.csv (not on training images).
+    _, probs, labels, classes = read_oof(run / "oof.csv")
+    y = torch.tensor([classes.index(v) for v in labels])
+    assert fit_temperature(torch.from_numpy(np.log(probs)), y) == pytest.approx(t, rel=1e-6)
+    assert rec["images"] == len(labels)
+
+    best = run / "checkpoints" / "best.ckpt"
+    assert read_checkpoint(best)["calibration"]["temperature"] == t
+    assert load_classifier(best).temperature == t
+    assert ClassifierModule.load_from_checkpoint(best, map_location="cpu").temperature == t
+
+    def submission(name, *extra):
+        cfg = compose_predict(
+            [f"ckpt={best}", "num_workers=0", "device=cpu", "precision=32", *extra], output_dir=tmp_path / name
+        )
+        predict(cfg)
+        with open(tmp_path / name / "submission.csv") as f:
+            return np.array([float(r[1]) for r in list(csv.reader(f))[1:]])
+
+    calibrated, raw = submission("cal"), submission("raw", "calibrate=false")
+    assert not np.allclose(calibrated, raw)
+    logit = np.log(raw) - np.log1p(-raw)  # two classes: P(dog) = sigmoid(logit difference)
+    np.testing.assert_allclose(calibrated, 1 / (1 + np.exp(-logit / t)), rtol=1e-5, atol=1e-7)
+
+
+def test_kfold_temperatures_are_fitted_per_fold_on_its_own_validation_images(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=9, test=0)
+    run = tmp_path / "kfold"
+    train(tiny_train_cfg(data, run, "ensemble.size=3", "trainer.max_epochs=2"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    with open(run / "scores.csv") as f:
+        scores = {r["fold"]: r for r in csv.DictReader(f)}
+    for member in manifest["members"]:
+        fold = member["fold"]
+        fold_dir = run / f"fold_{fold}"
+        result = json.loads((fold_dir / "result.json").read_text())
+        t = result["calibration"]["temperature"]
+        assert member["temperature"] == t
+        assert load_classifier(run / member["checkpoint"]).temperature == t
+        # Refitting on the fold's out-of-fold predictions gives its temperature back ...
+        rows, probs, labels, classes = read_oof(fold_dir / "oof.csv")
+        y = torch.tensor([classes.index(v) for v in labels])
+        assert fit_temperature(torch.from_numpy(np.log(probs)), y) == pytest.approx(t, rel=1e-6)
+        # ... and those images are exactly the ones the fold did not train on.
+        with open(fold_dir / "split.csv") as f:
+            split = {r["path"]: int(r["fold"]) for r in csv.DictReader(f)}
+        assert {r[0] for r in rows} == {p for p, k in split.items() if k == fold}
+        # scores.csv holds the in-memory figures exactly.
+        assert float(scores[str(fold)]["logloss"]) == result["val/logloss"]
+        assert float(scores[str(fold)]["temperature"]) == t
+    oof = scores["oof"]
+    assert float(oof["logloss"]) == manifest["oof"]["logloss"]
+    assert float(oof["logloss_calibrated"]) == manifest["oof"]["logloss_calibrated"]
+
+
+def test_no_calibration_when_switched_off(flat_data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_train_cfg(flat_data, run, "calibrate=false"))
+    assert "calibration" not in json.loads((run / "result.json").read_text())
+    assert load_classifier(run / "checkpoints" / "best.ckpt").temperature is None
+
+
+def test_written_probabilities_read_back_exactly():
+    p32 = torch.tensor([3e-7, 0.123456789, 1 - 3e-7, 1e-30, 0.5], dtype=torch.float32)
+    probs = torch.stack([1 - p32, p32], 1).numpy().astype(np.float64)
+    text = submission_text([str(i) for i in range(5)], probs, ["cat", "dog"])
+    back = np.array([float(line.split(",")[1]) for line in text.splitlines()[1:]])
+    assert (back.astype(np.float32) == p32.numpy()).all()
+    # A confident mistake keeps its real log loss instead of being clamped to Kaggle's 1e-15.
+    assert -np.log(back[0]) == pytest.approx(-np.log(3e-7), rel=1e-6)
+    assert nll(torch.log(torch.tensor([[1 - 3e-7, 3e-7]], dtype=torch.float64)), torch.tensor([1])) < 16

@@ -1,0 +1,267 @@
+"""Regularization and weight averaging switches: EMA, SWA, MixUp / CutMix, automatic augmentation, progressive
+resizing. Each test fails if its switch does nothing."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import open_dict
+from PIL import Image
+from torchvision.transforms import v2
+
+from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.data import EpochShuffleSampler, ImageDataset, make_loader
+from catdog.errors import ConfigError
+from catdog.module import ClassifierModule
+from catdog.prediction import predict_loader
+from catdog.training import train
+from catdog.transforms import ProgressiveTransform, build_mixer, eval_transform, progressive_size, train_transform
+from tests.conftest import make_flat, tiny_train_cfg
+
+
+def _oof(run):
+    lines = (run / "oof.csv").read_text().splitlines()[1:]
+    rows = [line.split(",") for line in lines]
+    return [r[0] for r in rows], [r[1] for r in rows], np.array([[float(v) for v in r[3:]] for r in rows])
+
+
+def _predict(model, data, rel_paths, labels):
+    hp = model.hparams
+    ds = ImageDataset([str(data / p) for p in rel_paths], labels, eval_transform(hp.image_size, hp.crop_pct))
+    probs, order = predict_loader(model, make_loader(ds, 8, 0), 0, torch.device("cpu"), "32")
+    out = np.empty_like(probs)
+    out[order] = probs
+    return out
+
+
+def test_ema_weights_are_validated_and_saved(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=12, test=0)
+    run = tmp_path / "run"
+    cfg = tiny_train_cfg(
+        data, run, "averaging=ema", "callbacks.averaging.decay=0.6", "trainer.max_epochs=2", "trainer.precision=32-true"
+    )
+    train(cfg)
+    ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")
+    raw, ema = ckpt["current_model_state"], ckpt["state_dict"]
+    assert set(raw) == set(ema)
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema if k.endswith("weight"))
+    # The saved (EMA) weights reproduce the validation predictions; the raw weights do not.
+    paths, labels, oof = _oof(run)
+    y = [["cat", "dog"].index(v) for v in labels]
+    model = load_classifier(run / "checkpoints" / "best.ckpt")
+    np.testing.assert_allclose(_predict(model, data, paths, y), oof, atol=1e-5)
+    model.load_state_dict(raw)
+    assert np.abs(_predict(model, data, paths, y) - oof).max() > 1e-4
+    # Validation during training used the averaged weights too: the logged best val/logloss is the saved model's.
+    result = json.loads((run / "result.json").read_text())
+    with open(run / "csv" / "metrics.csv") as f:
+        logged = [float(r["val/logloss"]) for r in csv.DictReader(f) if r["val/logloss"]]
+    assert min(logged) == pytest.approx(result["val/logloss"], abs=1e-5)
+
+
+class KeepWeights(pl.Callback):
+    """Keeps a copy of the weights at the end of every training epoch."""
+
+    def __init__(self):
+        self.after_epoch = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.after_epoch[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+_KEEP = KeepWeights()
+
+
+def _keep_factory():
+    return _KEEP
+
+
+def test_swa_result_is_the_averaged_model(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    run = tmp_path / "run"
+    cfg = tiny_train_cfg(
+        data, run, "averaging=swa", "callbacks.averaging.swa_epoch_start=0.34", "callbacks.averaging.swa_lrs=0.05",
+        "trainer.max_epochs=3", "trainer.precision=32-true",
+    )  # fmt: skip
+    with open_dict(cfg):
+        cfg.callbacks["keep"] = {"_target_": f"{__name__}._keep_factory"}
+    _KEEP.after_epoch.clear()
+    train(cfg)
+    result = json.loads((run / "result.json").read_text())
+    assert result["best_checkpoint"] == "checkpoints/swa.ckpt"
+    swa = read_checkpoint(run / "checkpoints" / "swa.ckpt")["state_dict"]
+    trained = _KEEP.after_epoch[2]  # the weights SGD reached at the end of the last epoch
+    weights = [k for k in swa if k.endswith("weight")]
+    assert all(not torch.equal(swa[k], trained[k]) for k in weights)
+    # BatchNorm statistics were recomputed for the averaged weights in the extra pass.
+    assert any(not torch.equal(swa[k], trained[k]) for k in swa if k.endswith("running_mean"))
+    paths, labels, oof = _oof(run)
+    model = load_classifier(run / "checkpoints" / "swa.ckpt")
+    np.testing.assert_allclose(_predict(model, data, paths, [0] * len(paths)), oof, atol=1e-5)
+
+
+def test_missing_averaging_callback_is_named(tmp_path):
+    cfg = tiny_train_cfg(
+        tmp_path / "none", tmp_path / "run", "averaging=ema",
+        "callbacks.averaging._target_=pytorch_lightning.callbacks.NoSuchAveraging",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"NoSuchAveraging cannot be imported.*pytorch-lightning >= 2\.6"):
+        train(cfg)
+
+
+def test_swa_refused_with_frozen_batchnorm_blocks(tmp_path):
+    cfg = tiny_train_cfg(tmp_path / "none", tmp_path / "run", "averaging=swa", "model.finetune.blocks=2")
+    with pytest.raises(ConfigError, match="averaging=swa resets the BatchNorm statistics"):
+        train(cfg)
+
+
+class _Capture:
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, module, args):
+        self.inputs.append(args[0].detach().clone())
+
+
+def _first_input(module, batch):
+    capture = _Capture()
+    handle = module.net.register_forward_pre_hook(capture)
+    module.training_step(batch, 0)
+    handle.remove()
+    return capture.inputs[0]
+
+
+def _module(mixing=None):
+    torch.manual_seed(0)
+    return ClassifierModule(["a", "b"], width=0.0625, head_hidden=8, mixing=mixing, channels_last=False).train()
+
+
+def test_mixup_batches_are_mixed():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    plain = _first_input(_module(), (x, y, torch.arange(6)))
+    mixed = _first_input(_module({"mixup_alpha": 1.0}), (x, y, torch.arange(6)))
+    assert not torch.allclose(mixed, plain)
+    # torchvision's MixUp: lam * x + (1 - lam) * x rolled by one, the same lam for the whole batch.
+    rolled = plain.roll(1, 0)
+    diff = (plain - rolled).flatten()
+    lam = float(((mixed.flatten() - rolled.flatten()) @ diff) / (diff @ diff))
+    assert 0.0 < lam < 1.0
+    torch.testing.assert_close(mixed, lam * plain + (1 - lam) * rolled, atol=1e-4, rtol=1e-4)
+
+
+def test_cutmix_pastes_a_box_and_targets_are_soft():
+    mixer = build_mixer({"cutmix_alpha": 1.0}, 2)
+    torch.manual_seed(3)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 1, 0])
+    mixed, target = mixer(x, y)
+    assert target.shape == (4, 2) and torch.allclose(target.sum(1), torch.ones(4))
+    from_self = (mixed == x).all(1)
+    from_other = (mixed == x.roll(1, 0)).all(1)
+    assert (from_self | from_other).all() and from_other.any() and from_self.any()
+    assert build_mixer({"mixup_alpha": 0.0, "cutmix_alpha": 0.0}, 2) is None
+    assert build_mixer({"mixup_alpha": 1.0, "prob": 0.0}, 2) is None
+
+
+def test_mixing_trains_with_soft_targets(flat_data, tmp_path):
+    cfg = tiny_train_cfg(flat_data, tmp_path / "run", "model.mixing.mixup_alpha=0.4", "model.mixing.cutmix_alpha=1.0")
+    assert train(cfg) > 0
+
+
+def _image(seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("auto", "op"), [("trivial", v2.TrivialAugmentWide), ("randaugment", v2.RandAugment)])
+def test_auto_augment_changes_the_images(auto, op):
+    plain, policy = train_transform(32), train_transform(32, auto=auto)
+    assert any(isinstance(t, op) for t in policy.transforms)
+    differs = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        a = plain(_image(seed))
+        torch.manual_seed(seed)
+        b = policy(_image(seed))
+        differs += not torch.equal(a, b)
+    assert differs >= 4
+
+
+def test_progressive_sizes():
+    prog = {"start_size": 64, "epochs": 4, "multiple": 16}
+    assert [progressive_size(e, 128, prog) for e in range(6)] == [64, 80, 96, 112, 128, 128]
+    assert progressive_size(0, 128, None) == 128
+    t = ProgressiveTransform(128, prog)
+    assert t.for_epoch(0)(_image()).shape[-1] == 64 and t.for_epoch(9)(_image()).shape[-1] == 128
+
+
+def test_progressive_resizing_grows_training_images(flat_data, tmp_path):
+    cfg = tiny_train_cfg(
+        flat_data, tmp_path / "run", "data.image_size=64", "data.progressive={start_size:32,epochs:2}",
+        "trainer.max_epochs=3",
+    )  # fmt: skip
+    sizes = {}
+
+    class Sizes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sizes.setdefault(("train", trainer.current_epoch), set()).add(batch[0].shape[-1])
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            sizes.setdefault(("val", trainer.current_epoch), set()).add(batch[0].shape[-1])
+
+    with open_dict(cfg):
+        cfg.callbacks["sizes"] = {"_target_": f"{__name__}._sizes_factory"}
+    global _SIZES
+    _SIZES = Sizes()
+    train(cfg)
+    assert [sizes[("train", e)] for e in range(3)] == [{32}, {48}, {64}]
+    assert all(sizes[("val", e)] == {64} for e in range(3))
+
+
+_SIZES = None
+
+
+def _sizes_factory():
+    return _SIZES
+
+
+def test_dataset_picks_the_epochs_transform(tmp_path):
+    paths = [str(make_flat(tmp_path / "d", per_class=2, test=0) / "train" / "cat.0.jpg")]
+    t = ProgressiveTransform(64, {"start_size": 32, "epochs": 2})
+    ds = ImageDataset(paths, [0], t, seed=0)
+    sampler = EpochShuffleSampler(1, seed=0)
+    sampler.set_epoch(0)
+    assert ds[next(iter(sampler))][0].shape[-1] == 32
+    sampler.set_epoch(2)
+    assert ds[next(iter(sampler))][0].shape[-1] == 64
+
+
+def test_ema_run_resumes_exactly(tmp_path):
+    from tests.test_optim import _with_callbacks
+
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    extra = ("averaging=ema", "callbacks.averaging.decay=0.7", "trainer.max_epochs=3", "trainer.precision=32-true")
+    full = json.loads(_run(data, tmp_path / "full", extra).read_text())
+    cfg = tiny_train_cfg(data, tmp_path / "resumed", *extra)
+    cfg = _with_callbacks(cfg, crash={"_target_": "tests.test_optim.CrashAt", "epoch": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    with open_dict(cfg):
+        del cfg.callbacks["crash"]
+    train(cfg)
+    resumed = json.loads((tmp_path / "resumed" / "result.json").read_text())
+    assert resumed["val/logloss"] == pytest.approx(full["val/logloss"], abs=1e-6)
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    for key in ("state_dict", "current_model_state"):
+        for k, v in a[key].items():
+            torch.testing.assert_close(b[key][k], v, atol=1e-6, rtol=1e-5)
+
+
+def _run(data, out, extra):
+    train(tiny_train_cfg(data, out, *extra))
+    return out / "result.json"
