@@ -228,10 +228,16 @@ def fit_one(cfg: DictConfig) -> dict:
         log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
     if "calibration" in result:
         c = result["calibration"]
-        log.info(
-            "temperature %.3f fitted on %d validation images: val/logloss %.4f -> %.4f",
-            c["temperature"], c["images"], c["logloss_before"], c["logloss_after"],
-        )  # fmt: skip
+        if c["errors"] == 0:
+            log.warning(
+                "temperature not fitted: no errors on the %d validation images, so any T < 1 looks better there "
+                "(kept T = 1; a larger validation set gives a usable fit)", c["images"],
+            )  # fmt: skip
+        else:
+            log.info(
+                "temperature %.3f fitted on %d validation images: val/logloss %.4f -> %.4f",
+                c["temperature"], c["images"], c["logloss_before"], c["logloss_after"],
+            )  # fmt: skip
     return result
 
 

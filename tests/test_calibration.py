@@ -40,6 +40,20 @@ def test_temperature_fixes_an_overconfident_model():
     assert 0.4 < fit_temperature(logp, y) < 0.6
 
 
+def test_no_sharpening_from_a_validation_set_without_errors():
+    # Every prediction right: the loss falls without limit as T -> 0, so the fit must not sharpen.
+    logp, y = _overconfident(n=200, scale=0.5, seed=2)
+    right = logp.argmax(1) == y
+    logp, y = logp[right], y[right]
+    assert fit_temperature(logp, y) == 1.0
+    rec = calibration_record(logp, y)
+    assert rec["errors"] == 0 and rec["logloss_after"] == rec["logloss_before"]
+    # One mistake back in the set and the fit works again (this model is under-confident: T < 1).
+    logp2, y2 = _overconfident(n=4000, scale=0.5, seed=2)
+    assert calibration_record(logp2, y2)["errors"] > 0
+    assert fit_temperature(logp2, y2) < 0.7
+
+
 def test_temperature_round_trips_through_checkpoint_and_predict(tmp_path):
     data = make_flat(tmp_path / "data", per_class=10, test=4)
     run = tmp_path / "run"
