@@ -4,7 +4,10 @@ import hydra
 from omegaconf import DictConfig
 
 from catdog.cli import run_cli
+from catdog.sweep import register_resolvers
 from catdog.training import train
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -51,6 +51,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.errors import BadImageError, DatasetError, printable_path
+from catdog.fileio import new_file_mode
 from catdog.images import load_image
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ def _build(paths: Sequence[str], short_side: int, data_path: Path, index_path: P
     fd, data_tmp = tempfile.mkstemp(prefix=f"{data_path.name}.", suffix=".tmp", dir=folder)
     index_tmp = None
     try:
+        os.chmod(fd, new_file_mode(data_path))
         n = len(paths)
         offsets = np.zeros(n + 1, dtype=np.int64)
         heights, widths = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
@@ -273,6 +275,7 @@ def _build(paths: Sequence[str], short_side: int, data_path: Path, index_path: P
         bad_rows = np.array(sorted(bad), dtype=np.int64)
         bad_reasons = np.array([bad[r] for r in sorted(bad)], dtype=np.str_).reshape(len(bad))
         ifd, index_tmp = tempfile.mkstemp(prefix=f"{index_path.name}.", suffix=".tmp", dir=folder)
+        os.chmod(ifd, new_file_mode(index_path))
         with os.fdopen(ifd, "wb") as f:
             np.savez(
                 f,

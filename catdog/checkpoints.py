@@ -1,4 +1,4 @@
-"""Safe checkpoint loading (never unpickles code) and checkpoint-path resolution."""
+"""Safe checkpoint loading (never unpickles code), atomic checkpoint writing, and the calibration record."""
 
 from __future__ import annotations
 
@@ -78,32 +78,6 @@ def save_calibration(path: str | os.PathLike, record: dict[str, float]) -> None:
     ckpt[CALIBRATION_KEY] = {k: float(v) for k, v in record.items()}
     with atomic_open(path, "wb") as f:
         torch.save(ckpt, f)
-
-
-def find_latest_checkpoint(outputs: str | os.PathLike = "outputs") -> Path:
-    """The most recently written ``best.ckpt`` under ``outputs``."""
-    outputs = Path(outputs)
-    found = (
-        sorted(outputs.glob(f"**/checkpoints/{BEST_NAME}"), key=lambda p: p.stat().st_mtime) if outputs.is_dir() else []
-    )
-    if not found:
-        raise CheckpointError(f"ckpt=latest: no {BEST_NAME} under {outputs.resolve()}; train first or pass ckpt=PATH")
-    return found[-1]
-
-
-def resolve_checkpoint(ckpt: str, outputs: str | os.PathLike = "outputs") -> Path:
-    """``latest`` -> newest best checkpoint; a run folder -> its ``checkpoints/best.ckpt``; else the file itself."""
-    if ckpt == "latest":
-        return find_latest_checkpoint(outputs)
-    path = Path(ckpt).expanduser()
-    if path.is_dir():
-        candidate = path / "checkpoints" / BEST_NAME
-        if candidate.is_file():
-            return candidate
-        raise CheckpointError(f"ckpt={path} is a folder without checkpoints/{BEST_NAME}")
-    if not path.is_file():
-        raise CheckpointError(f"ckpt={path}: no such file")
-    return path
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

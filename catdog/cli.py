@@ -1,9 +1,15 @@
-"""Shared entry-point behaviour: catdog's own errors end the program with a one-line message, not a traceback."""
+"""Shared entry-point behaviour: catdog's own errors (and a missing mandatory key) end the program with a one-line
+message, not a traceback; console lines that come from how catdog drives Lightning, which a user cannot act on, are
+left out (real warnings stay)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from catdog.errors import CatdogError
 
@@ -21,12 +27,53 @@ def _catdog_cause(exc: BaseException) -> CatdogError | None:
     return None
 
 
+# Warnings that catdog's own use of Lightning triggers: a short demo has fewer batches than the logging interval, a
+# resumed run's checkpoint folder is not empty, a run continued from another run's checkpoint has a new folder, the
+# bare Trainer that scores the best checkpoint has none of the callbacks that wrote it, and Lightning's own use of a
+# deprecated torch API.
+NOISE_WARNINGS = (
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r"Checkpoint directory .* exists and is not empty",
+    r"The dirpath has changed from",
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+class _NoAdvert(logging.Filter):
+    """Lightning's "Tip: ... litlogger" line, printed once per Trainer (so once per fold and per sweep job)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_console() -> None:
+    for pattern in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvert) for f in logger.filters):
+            logger.addFilter(_NoAdvert())
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage migrations, with the optuna extra
+
+
+def _missing_message(exc: MissingMandatoryValue) -> str:
+    key = exc.full_key or str(exc)
+    conf = f"conf/{HydraConfig.get().job.config_name}.yaml" if HydraConfig.initialized() else "the config"
+    return f"{key} is required: add {key}=... to the command (see {conf})"
+
+
 def run_cli(fn, cfg):
+    quiet_console()
     try:
         return fn(cfg)
     except Exception as exc:
         cause = _catdog_cause(exc)
-        if cause is None:
+        if isinstance(exc, MissingMandatoryValue):
+            message = _missing_message(exc)
+        elif cause is not None:
+            message = str(cause)
+        else:
             raise
-        log.error("%s", cause)  # Hydra's console handler shows it; its run log keeps it
+        log.error("%s", message)  # Hydra's console handler shows it; its run log keeps it
         sys.exit(2)

@@ -39,7 +39,8 @@ def _scene(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image
 
 
 def make_demo_dataset(root: str | os.PathLike, per_class: int = 300, test: int = 50, seed: int = 0) -> Path:
-    """Write the synthetic dataset to ``root`` (an existing complete one is reused; any other folder is left alone).
+    """Write the synthetic dataset to ``root`` if it is missing or empty (an existing complete one is reused; a folder
+    with anything else in it is the user's data, used as it is and left alone).
 
     It is generated in a temporary folder beside ``root`` and renamed into place, so an interrupted generation
     leaves nothing half-made at ``root``.
@@ -47,16 +48,18 @@ def make_demo_dataset(root: str | os.PathLike, per_class: int = 300, test: int =
     root = Path(root)
     if (root / MARKER).exists():
         return root
-    if root.exists():
-        raise DatasetError(
-            f"data.demo=true would write the synthetic dataset to {root}, which exists and is not a catdog demo "
-            "dataset; choose another data.dir or remove that folder"
-        )
+    if root.is_dir() and any(root.iterdir()):
+        # The user's own images: the demo recipe trains on them as they are, and nothing is written there.
+        log.info("%s holds data of its own: training on it (the synthetic dataset is only generated into a new or "
+                 "empty folder)", root)  # fmt: skip
+        return root
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"data.dir={root} is a file; the demo dataset needs a folder (a new or empty one)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         _write_demo(tmp, per_class, test, seed)
-        os.replace(tmp, root)
+        os.replace(tmp, root)  # also over an empty folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

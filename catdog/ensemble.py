@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import ListConfig
 
 from catdog.calibration import calibrated_probs
-from catdog.checkpoints import BEST_NAME, resolve_checkpoint
 from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
 from catdog.metrics import accuracy, log_loss
@@ -44,8 +42,9 @@ def csv_text(header: Sequence[str], rows) -> str:
     return out.getvalue()
 
 
-def write_split(path: Path, datamodule) -> None:
-    """Which image was used for what: ``path,label,split`` (train/val), or ``path,label,fold`` for k-fold."""
+def split_text(datamodule) -> str:
+    """Which image was used for what, as ``split.csv`` holds it: ``path,label,split`` (train/val), or
+    ``path,label,fold`` for k-fold."""
     root = Path(datamodule.root)
     classes = datamodule.classes
     if datamodule.fold_assignment is not None:
@@ -63,7 +62,7 @@ def write_split(path: Path, datamodule) -> None:
             (_rel(p, root), classes[y], "val") for p, y in zip(datamodule.val_set.paths, datamodule.val_set.labels)
         ]
         header = ("path", "label", "split")
-    atomic_write_text(path, csv_text(header, sorted(rows)))
+    return csv_text(header, sorted(rows))
 
 
 def read_split(path: str | os.PathLike, data_root: str | os.PathLike, classes: Sequence[str]):
@@ -232,36 +231,6 @@ def markdown_table(header: Sequence, rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
-    """Checkpoints to predict with: a list of files, a k-fold run folder (its manifest), a run folder, a file."""
-    if isinstance(ckpt, (list, tuple, ListConfig)):
-        members = [resolve_checkpoint(str(c), outputs) for c in ckpt]
-        if not members:
-            raise CheckpointError("ckpt=[] names no checkpoint")
-        return members
-    ckpt = str(ckpt)
-    path = Path(ckpt).expanduser()
-    if ckpt == "latest":
-        best = resolve_checkpoint("latest", outputs)
-        run = best.parent.parent.parent
-        path = run if (run / MANIFEST_NAME).is_file() else best
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        manifest = json.loads((path / MANIFEST_NAME).read_text())
-        if manifest.get("kind") != MANIFEST_KIND or not manifest.get("members"):
-            raise CheckpointError(f"{path / MANIFEST_NAME} is not a catdog ensemble manifest")
-        return [path / m["checkpoint"] for m in manifest["members"]]
-    if (
-        path.is_dir()
-        and not (path / "checkpoints" / BEST_NAME).is_file()
-        and list(path.glob(f"fold_*/checkpoints/{BEST_NAME}"))
-    ):
-        raise CheckpointError(
-            f"{path} is a k-fold run without {MANIFEST_NAME}: not every fold has finished. "
-            f"Finish it (run the same train command with hydra.run.dir={path}) or pass the fold checkpoints as a list"
-        )
-    return [resolve_checkpoint(str(path), outputs)]
 
 
 ENSEMBLE_MODES = ("prob", "logit")

@@ -28,6 +28,20 @@ def check_writable(path: str | os.PathLike, overwrite: bool, key: str = "output"
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The mode a plain open() would give ``path``: its current mode if it exists, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
@@ -35,6 +49,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would: the replaced file's, or the
+        # umask's.
+        os.chmod(fd, new_file_mode(path))
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -82,11 +82,13 @@ def read_class_folders(folder: str | os.PathLike, classes: list[str] | None = No
     found = [d.name for d in subdirs]
     if classes is None:
         classes = found
-    elif sorted(found) != sorted(classes):
+    folder_of = {classes[label]: name for name, label in match_classes(found, classes, folder, "class folders").items()}
+    missing = [c for c in classes if c not in folder_of]
+    if missing:
         raise DatasetError(f"{folder} has class folders {found}, but the training classes are {classes}")
     _check_class_count(classes, folder)
     paths, labels = [], []
-    for label, name in enumerate(classes):
+    for label, name in enumerate(folder_of[c] for c in classes):
         files = list_image_files(folder / name)
         if not files:
             raise DatasetError(f"class folder {folder / name} holds no images (expected {', '.join(_EXT_HINT)})")
@@ -121,13 +123,28 @@ def read_flat_folder(folder: str | os.PathLike, classes: list[str] | None = None
     found = sorted(set(names))
     if classes is None:
         classes = found
-    else:
-        extra = sorted(set(found) - set(classes))
-        if extra:
-            raise DatasetError(f"{folder} has classes {extra} that are not among the training classes {classes}")
+    index = match_classes(found, classes, folder, "classes")
     _check_class_count(classes, folder)
-    index = {c: i for i, c in enumerate(classes)}
     return LabelledImages([str(f) for f in files], [index[n] for n in names], list(classes), "flat")
+
+
+def match_classes(found: list[str], classes: list[str], folder: Path, what: str) -> dict[str, int]:
+    """Each found class name -> its index in ``classes``: by exact name, else case-insensitively where that is
+    unambiguous (``Cat/`` for ``cat``). A name that matches no class (or several) is an error naming both lists."""
+    exact = {c: i for i, c in enumerate(classes)}
+    folded: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        folded.setdefault(c.casefold(), []).append(i)
+    found_folded = [f.casefold() for f in found]
+    index = {}
+    for name in found:
+        if name in exact:
+            index[name] = exact[name]
+        elif len(folded.get(name.casefold(), [])) == 1 and found_folded.count(name.casefold()) == 1:
+            index[name] = folded[name.casefold()][0]
+        else:
+            raise DatasetError(f"{folder} has {what} {found}, but the training classes are {classes}")
+    return index
 
 
 def _check_class_count(classes: list[str], folder: Path) -> None:
@@ -201,6 +218,15 @@ def find_unlabelled(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise DatasetError(f"no images in {folder}")
     return files
+
+
+def row_ids(paths: list, root: str | os.PathLike) -> list[str]:
+    """Ids for scored (labelled) images, which need not be submission ids: file stems when those are unique, else
+    paths relative to ``root`` (class folders numbered per class, as in Microsoft's ``Cat/0.jpg``, ``Dog/0.jpg``)."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
 
 
 def image_ids(paths: list[Path]) -> list[str]:

@@ -108,8 +108,10 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
             f"cannot get the ImageNet weights for {arch} ({type(exc).__name__}: {exc}).\n"
             f"torchvision downloads them from {weights.url} and caches them as\n  {cached}\n"
             f"Either download that file on a machine with internet and copy it to exactly that path "
-            f"(or set TORCH_HOME), or pass a local copy with model.weights=/path/to/{cached.name}, "
-            f"or train from scratch with model.weights=null."
+            f"(or set TORCH_HOME), or pass a local copy with model.weights=/path/to/{cached.name}.\n"
+            f"Without ImageNet weights, train from scratch with a recipe made for it: experiment=cpu_scratch (CPU) "
+            f"or experiment=vgg16_bn_scratch (GPU); model.weights=null alone keeps this recipe's frozen stages, "
+            f"which cannot learn from random weights."
         ) from None
     finally:
         socket.setdefaulttimeout(old_timeout)

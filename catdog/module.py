@@ -39,6 +39,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
+
+
 def check_finetune(finetune: dict | None) -> dict:
     """``model.finetune`` completed with the neutral values of :data:`NO_STAGES` for keys it leaves out."""
     finetune = {**NO_STAGES, **(_plain(finetune) or {})}
@@ -205,11 +209,27 @@ class ClassifierModule(pl.LightningModule):
     def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
         """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass; each
         view's logits are divided by ``temperature`` first when it is given."""
-        views = make_views(x, check_tta(tta))
+        views = make_views(x, check_tta(tta), self.hparams.image_size)
         probs = F.softmax(scale_logits(self(views).float(), temperature), dim=1)
         return average_views(probs, tta + 1)
 
     # ----- training ------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Before Lightning's model summary, which then counts the first stage's frozen parameters as non-trainable.
+        if stage == "fit":
+            self.apply_stage(0)
+
+    def stage_summary(self) -> str:
+        """What trains now, e.g. "head only: 33.0 K of 14.7 M parameters trainable"."""
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.net.parameters())
+        frozen_backbone = not any(p.requires_grad for p in self.net.backbone.parameters())
+        blocks = len(self._finetune_blocks())
+        what = "head only" if frozen_backbone else (
+            "all layers" if trainable == total else f"head + last {blocks} conv block(s)"
+        )  # fmt: skip
+        return f"{what}: {_count(trainable)} of {_count(total)} parameters trainable"
+
     def on_fit_start(self) -> None:
         ft = self.hparams.finetune
         if self.hparams.pretrained is None and (ft["head_epochs"] > 0 or ft["blocks"] != -1):
@@ -220,6 +240,7 @@ class ClassifierModule(pl.LightningModule):
                 ft["head_epochs"], ft["blocks"],
             )  # fmt: skip
         self.apply_stage(self.current_epoch)
+        log.info("epoch %d: %s", self.current_epoch, self.stage_summary())
 
     def on_train_epoch_start(self) -> None:
         now = time.perf_counter()
@@ -227,9 +248,7 @@ class ClassifierModule(pl.LightningModule):
         self.apply_stage(self.current_epoch)
         head_epochs = int(self.hparams.finetune["head_epochs"])
         if self.current_epoch == head_epochs and head_epochs > 0 and self._finetune_blocks():
-            log.info(
-                "epoch %d: unfreezing the last %s conv block(s)", self.current_epoch, self.hparams.finetune["blocks"]
-            )
+            log.info("epoch %d: unfreezing, %s", self.current_epoch, self.stage_summary())
 
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]

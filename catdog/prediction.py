@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -12,16 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
 from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
-from catdog.ensemble import check_ensemble_mode, combine, markdown_table, read_split, resolve_members
+from catdog.ensemble import check_ensemble_mode, combine, markdown_table, read_split
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
 from catdog.images import find_bad_images, format_bad_images
-from catdog.layouts import find_unlabelled, image_ids, read_labelled
+from catdog.layouts import find_unlabelled, image_ids, read_labelled, row_ids
 from catdog.metrics import accuracy, log_loss
 from catdog.precision import AUTOCAST, auto_precision
+from catdog.selection import resolve_members
 from catdog.submission import check_clip, clip_probs, submission_text, write_submission
 from catdog.transforms import eval_resize_size, eval_transform
-from catdog.tta import check_tta
+from catdog.tta import check_tta, check_view_set
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +125,11 @@ def _predict_member(
     precision: str,
     compile: bool,
     temperature: float | None,
+    views: str = "zoom",
 ) -> np.ndarray:
     """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature."""
     hp = model.hparams
-    transform = eval_transform(hp.image_size, hp.crop_pct)
+    transform = eval_transform(hp.image_size, hp.crop_pct, square=tta > 0 and views == "crops")
     dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
     loader = make_loader(dataset, batch_size, workers)
     probs, order = predict_loader(model, loader, tta, device, precision, compile, temperature)
@@ -138,6 +141,7 @@ def _predict_member(
 def predict(cfg: DictConfig):
     """Predict ``input`` with one checkpoint or an ensemble (members loaded one at a time), with TTA."""
     tta = check_tta(cfg.tta)
+    views = check_view_set(cfg.get("tta_views", "zoom"))
     clip = check_clip(cfg.clip)
     policy = check_policy(cfg.on_bad_image, "on_bad_image")
     mode = check_ensemble_mode(cfg.get("ensemble", "prob"))
@@ -146,7 +150,12 @@ def predict(cfg: DictConfig):
     device = resolve_device(cfg.device)
     precision = str(cfg.get("precision", "auto"))
     autocast_dtype(precision, device)
-    output = check_writable(cfg.output, cfg.overwrite)
+    if cfg.labelled:
+        outputs = evaluation_outputs(Path(cfg.output))
+        for path in outputs.values():
+            check_writable(path, cfg.overwrite)
+    else:
+        output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
     members = resolve_members(cfg.ckpt, cfg.paths.log_dir)
     model = load_classifier(members[0])
@@ -156,13 +165,16 @@ def predict(cfg: DictConfig):
 
     if cfg.labelled:
         if source.suffix == ".csv" and source.is_file():  # a run's split.csv: its validation images
-            images = read_split(source, _data_root(cfg, model), classes)
+            root = _data_root(cfg, model)
+            images = read_split(source, root, classes)
         else:
+            root = source
             images = read_labelled(source, classes=classes)
         paths, labels = images.paths, images.labels
+        ids = row_ids(paths, root)  # scored rows need no submission ids (Cat/0.jpg and Dog/0.jpg both exist)
     else:
         paths, labels = [str(p) for p in find_unlabelled(source)], None
-    ids = image_ids(paths)
+        ids = image_ids(paths)
     kept, bad = _screen(paths, policy, workers)
     if not kept:
         raise DatasetError(f"no readable images in {source}")
@@ -183,7 +195,16 @@ def predict(cfg: DictConfig):
             "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
         )  # fmt: skip
         probs = _predict_member(
-            model, kept, tta, device, cfg.batch_size, workers, precision, bool(cfg.get("compile")), temperature
+            model,
+            kept,
+            tta,
+            device,
+            cfg.batch_size,
+            workers,
+            precision,
+            bool(cfg.get("compile")),
+            temperature,
+            views,
         )
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
@@ -199,7 +220,7 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(probs, targets, kept_ids, classes, tta, output, temperatures)
+        return _report(probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members)
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
@@ -218,22 +239,40 @@ def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: in
     return "\n".join(lines)
 
 
-def _report(probs, targets, ids, classes, tta, output: Path, temperatures=()) -> dict[str, float]:
-    """Print accuracy and log loss for a labelled folder; write per-image predictions with their labels."""
+def evaluation_outputs(output: Path) -> dict[str, Path]:
+    """Where ``labelled=true`` writes: per-image predictions at ``output`` (``predictions.csv`` in place of the
+    default ``submission.csv``), and the scores beside them as ``evaluation.md`` / ``.json`` (``<stem>_evaluation``
+    for another name)."""
+    if output.name == "submission.csv":
+        output = output.with_name("predictions.csv")
+    stem = "evaluation" if output.stem == "predictions" else f"{output.stem}_evaluation"
+    return {"predictions": output, "md": output.with_name(f"{stem}.md"), "json": output.with_name(f"{stem}.json")}
+
+
+def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, members) -> dict[str, float]:
+    """Score a labelled set: accuracy and log loss printed and saved, per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
     applied = [f"{v:.3f}" for v in temperatures if v]
     calibrated = f"T = {', '.join(applied)}" if applied else "no"
-    print(
-        markdown_table(
-            ("images", "tta", "calibrated", "accuracy", "log loss"),
-            [(len(ids), tta, calibrated, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
-        )
+    table = markdown_table(
+        ("images", "tta", "calibrated", "accuracy", "log loss"),
+        [(len(ids), tta, calibrated, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
     )
-    print(top_losses_table(probs, targets, ids, classes))
+    worst = top_losses_table(probs, targets, ids, classes)
+    print(table)
+    print(worst)
     text = submission_text(ids, probs, classes).splitlines()
     label_of = dict(zip(ids, (classes[i] for i in targets)))
     rows = [text[0] + ",true_label"] + [f"{line},{label_of[line.split(',', 1)[0]]}" for line in text[1:]]
-    atomic_write_text(output, "\n".join(rows) + "\n")  # predict() checked ``output`` before any work
-    print(f"wrote {output}")
+    # predict() checked every output before any work
+    atomic_write_text(outputs["predictions"], "\n".join(rows) + "\n")
+    header = f"# Evaluation of {source}\n\nmembers: {', '.join(str(m) for m in members)}\n\n"
+    atomic_write_text(outputs["md"], f"{header}{table}\nMost confident mistakes:\n\n{worst}\n")
+    record = {
+        **scores, "tta": tta, "temperatures": list(temperatures), "input": str(source),
+        "members": [str(m) for m in members], "classes": list(classes),
+    }  # fmt: skip
+    atomic_write_text(outputs["json"], json.dumps(record, indent=2) + "\n")
+    print(f"wrote {outputs['predictions']}, {outputs['md'].name} and {outputs['json'].name}")
     return scores

@@ -12,8 +12,8 @@ import copy
 import json
 import logging
 import os
+import random
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -24,17 +24,15 @@ from pytorch_lightning.callbacks import StochasticWeightAveraging
 from catdog.calibration import calibrated_probs, calibration_record
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data import check_data_config
-from catdog.ensemble import RESULT_NAME, finalize_ensemble, write_oof, write_split
+from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.models import check_network_args, check_weights_available
 from catdog.module import check_training_args
 from catdog.precision import cpu_bf16_instructions, resolve_precision
+from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 
 log = logging.getLogger(__name__)
-
-# The bare Trainer that scores the best checkpoint needs none of the callbacks that wrote it; Lightning warns anyway.
-warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 
 KFOLD_SETTINGS = "kfold.json"
 
@@ -124,19 +122,72 @@ def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
-RESUME_KEYS = ("arch", "classes", "head", "head_hidden", "width")
+# What a resumed run must share with its checkpoint: the network, and what the restored optimizer state and parameter
+# groups were built from (a changed lr would be silently replaced by the restored one).
+RESUME_KEYS = ("arch", "classes", "head", "head_hidden", "width", "optimizer", "decay_bias_and_norm", "finetune")
 
 
-def check_resume_matches(path: str, model) -> None:
-    """Refuse to resume from a checkpoint of another network or other classes, naming both sides."""
-    saved = read_checkpoint(path)["hyper_parameters"]
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} vs config {model.hparams[k]!r}"
-        for k in RESUME_KEYS
-        if saved.get(k) != model.hparams[k]
-    ]
+def _flat(value, prefix: str) -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def check_resume_matches(path: str, model, ckpt: dict | None = None) -> None:
+    """Refuse to resume from a checkpoint of another network, other classes or another optimizer setting, naming each
+    differing key with both values."""
+    saved = (ckpt if ckpt is not None else read_checkpoint(path))["hyper_parameters"]
+    diffs = []
+    for key in RESUME_KEYS:
+        name = key if key == "classes" else f"model.{key}"
+        before, now = _flat(saved.get(key), name), _flat(model.hparams[key], name)
+        diffs += [
+            f"{k}: checkpoint {before.get(k)!r} vs config {now.get(k)!r}"
+            for k in sorted(set(before) | set(now), key=list({**before, **now}).index)
+            if before.get(k) != now.get(k)
+        ]
     if diffs:
-        raise CheckpointError(f"cannot resume from {path}, it does not match this run: " + "; ".join(diffs))
+        raise CheckpointError(
+            f"cannot resume from {path}, it does not match this run: {'; '.join(diffs)} "
+            "(resume with the checkpoint's values, or start a new run)"
+        )
+
+
+def _checkpoint_run(resume: str) -> Path | None:
+    """The catdog run folder that checkpoint ``resume`` belongs to (``RUN/checkpoints/*.ckpt`` with ``RUN/split.csv``),
+    if any."""
+    path = Path(resume).resolve()
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / "split.csv").is_file() else None
+
+
+def _check_same_split(resume: str, out_dir: Path, split: str) -> None:
+    """A resumed run must keep the split its checkpoint was trained on: otherwise images it trained on would be
+    scored as validation images (a changed ``seed``, ``data.val_fraction`` or data folder)."""
+    run = _checkpoint_run(resume)
+    if run is None or (run / "split.csv").read_text() == split:
+        return
+    here = run == out_dir.resolve()
+    raise ConfigError(
+        f"cannot resume from {resume}: this run's train/validation split differs from the one it was trained on "
+        f"({run / 'split.csv'}), so images it trained on would be scored as validation images; use the same seed, "
+        f"data.dir and data.* settings{'' if here else ', or resume it in its own folder: ' + resume_command(run)}"
+    )
+
+
+def _continue_history(trainer: pl.Trainer, out_dir: Path, resume: str | None, ckpt) -> None:
+    """Keep ``metrics.csv`` whole across a resume: this folder's rows up to the checkpoint; resuming from another
+    run's checkpoint (on the same split), that run's rows, so the new folder holds the whole history."""
+    source = _checkpoint_run(resume) if resume else None
+    if source == out_dir.resolve():
+        source = None
+    if source is not None:
+        log.info("continuing %s in %s (its metric history copied)", source, out_dir)
+    path = metrics_file(trainer.logger)
+    theirs = None
+    if source is not None and path is not None and path.is_relative_to(out_dir):
+        theirs = source / path.relative_to(out_dir)
+    trim_history(path, ckpt, source=theirs)
 
 
 def _swa(trainer: pl.Trainer) -> StochasticWeightAveraging | None:
@@ -153,8 +204,10 @@ def score_checkpoint(cfg: DictConfig, model, datamodule, ckpt_path: str | None) 
     scorer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
 
 
-def fit_one(cfg: DictConfig) -> dict:
-    """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record."""
+def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path | None = None) -> dict:
+    """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record.
+    ``record``: the configuration to save as the folder's ``.hydra`` record once the run is accepted; ``resume_dir``:
+    the folder a resume command names (a k-fold run's root; default the output folder)."""
     out_dir = Path(cfg.paths.output_dir)
     if (out_dir / RESULT_NAME).is_file():
         raise ConfigError(f"{out_dir} already holds a finished run ({RESULT_NAME}); use a new output folder")
@@ -163,28 +216,34 @@ def fit_one(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_split(out_dir / "split.csv", datamodule)
+    split = split_text(datamodule)
     model = build_model(cfg, datamodule.classes)
     trainer = build_trainer(cfg)
     resume = _resume_path(cfg, out_dir)
+    ckpt = read_checkpoint(resume) if resume else None
     if resume:
-        check_resume_matches(resume, model)
+        check_resume_matches(resume, model, ckpt)
+        _check_same_split(resume, out_dir, split)
+    atomic_write_text(out_dir / "split.csv", split)
+    _continue_history(trainer, out_dir, resume, ckpt)
+    if record is not None:
+        save_config_record(record, out_dir)
     log.info(
         "precision %s (CPU bf16: %s); %s",
         trainer.precision, cpu_bf16_instructions(), f"resuming from {resume}" if resume else "fresh run",
     )  # fmt: skip
     fit_start = time.time()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning turns Ctrl-C into sys.exit(1) after its own shutdown; say how to go on before leaving.
+        if trainer.interrupted:
+            log.warning("interrupted; to resume, run:\n  %s", resume_command(resume_dir or out_dir, seed=cfg.seed))
+        raise
     fit_time = time.time() - fit_start
 
-    ckpt_cb = trainer.checkpoint_callback
+    ckpt_cb = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the best one (not last.ckpt's)
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    if trainer.interrupted:
-        log.warning(
-            "interrupted; to resume, run the same command with hydra.run.dir=%s (or ckpt_path=%s)",
-            out_dir, out_dir / "checkpoints" / "last.ckpt",
-        )  # fmt: skip
-        raise KeyboardInterrupt
     if _swa(trainer) is not None and not trainer.fast_dev_run:
         # The averaged weights exist only now, after training: they are the result, in a checkpoint of their own.
         best = str(out_dir / "checkpoints" / SWA_NAME)
@@ -286,6 +345,7 @@ def train_kfold(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_kfold_settings(cfg, run_dir)
+    save_config_record(cfg, run_dir)
     for fold in range(cfg.data.folds):
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / RESULT_NAME).is_file():
@@ -297,18 +357,32 @@ def train_kfold(cfg: DictConfig) -> dict:
             fold_cfg.paths.output_dir = str(fold_dir)
             fold_cfg.ckpt_path = None
         log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, fold_dir)
-        fit_one(fold_cfg)
+        fit_one(fold_cfg, resume_dir=run_dir)
     return finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
+
+
+def resolve_seed(cfg: DictConfig) -> int:
+    """``cfg.seed``; ``seed=null`` draws one (logged, and saved with the run's configuration)."""
+    seed = cfg.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+        with open_dict(cfg):
+            cfg.seed = seed
+        log.info("seed=null: drew seed %d (saved in .hydra/config.yaml; seed=%d repeats this run)", seed, seed)
+    elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, or null for a random one; got {seed!r}")
+    return seed
 
 
 def train(cfg: DictConfig) -> float | None:
     """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
+    resolve_seed(cfg)
     check_train_config(cfg)
     if cfg.data.folds and cfg.data.fold is None:
         summary = train_kfold(cfg)
         metrics = {f"val/{k}": v for k, v in summary["oof"].items()}
     else:
-        metrics = fit_one(cfg)
+        metrics = fit_one(cfg, record=cfg)
     name = cfg.get("optimized_metric")
     if not name:
         return None

@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.errors import ConfigError
+from catdog.tta import TTASquare
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,13 +27,15 @@ def eval_resize_size(image_size: int, crop_pct: float) -> int:
     return int(round(image_size / crop_pct))
 
 
-def eval_transform(image_size: int, crop_pct: float = 0.875) -> v2.Compose:
-    """Resize the shorter side, centre-crop a square, return uint8 CHW."""
+def eval_transform(image_size: int, crop_pct: float = 0.875, square: bool = False) -> v2.Compose:
+    """Resize the shorter side, centre-crop a square, return uint8 CHW. With ``square`` the square is the resize size,
+    not ``image_size``: ``crops`` test-time augmentation takes its views from it (:mod:`catdog.tta`)."""
     _check_size(image_size)
+    resize = eval_resize_size(image_size, crop_pct)
     return v2.Compose(
         [
-            v2.Resize(eval_resize_size(image_size, crop_pct), interpolation=InterpolationMode.BILINEAR, antialias=True),
-            v2.CenterCrop(image_size),
+            v2.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            TTASquare(resize, image_size) if square else v2.CenterCrop(image_size),
             v2.PILToTensor(),
         ]
     )

@@ -1,51 +1,55 @@
-"""Deterministic test-time augmentation on batched tensors: all views go through the model in one pass."""
+"""Deterministic test-time augmentation on batched tensors: all views go through the model in one pass.
+
+Two sets of views (``predict.py tta_views=``), in the same order (the plain pass, then the mirror image, a second
+centre view, its mirror, the four corners, then their mirrors; ``tta=N`` takes the first N after the plain pass):
+
+- ``zoom`` (default): from the centre crop the model sees without TTA (``S x S``): the centre view and the corners
+  are crops of 0.875 of its side scaled back up to ``S``, so the object looks larger, as in training's random
+  resized crops.
+- ``crops``: each image is read as the central ``R x R`` square of the resized image (``R`` = the eval resize size,
+  110 px for a 96 px model at ``crop_pct=0.875``; :class:`TTASquare`), and the views are ``S x S`` crops of it, as
+  torchvision's ``FiveCrop`` / ``TenCrop`` take them from the resize: the corners, the whole square scaled down as the
+  centre view (a wider view), and nothing upsampled.
+
+The view set follows from the input: a batch larger than the model's input size gets ``crops`` views, one of its
+size ``zoom`` views. The plain view is, in both, exactly the prediction without TTA.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from catdog.errors import ConfigError
 
-# Area fraction kept by the zoomed and corner crops.
-_CROP = 0.875
-
-
-def _crop_resize(x: torch.Tensor, top: float, left: float, frac: float) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
-    t, l = round((h - ch) * top), round((w - cw) * left)
-    crop = x[..., t : t + ch, l : l + cw]
-    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-
-
-def _flip(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(-1)
-
-
-def _zoom(x: torch.Tensor) -> torch.Tensor:
-    return _crop_resize(x, 0.5, 0.5, _CROP)
-
-
-def _corner(top: float, left: float):
-    return lambda x: _crop_resize(x, top, left, _CROP)
-
+# Side fraction of the zoomed-in crops (``zoom`` views).
+_ZOOM_SIDE = 0.875
+VIEW_SETS = ("zoom", "crops")
 
 # The order is the depth order: tta=N uses the plain pass plus the first N of these.
-VIEWS = (
-    ("hflip", _flip),
-    ("zoom", _zoom),
-    ("zoom_hflip", lambda x: _flip(_zoom(x))),
-    ("top_left", _corner(0.0, 0.0)),
-    ("bottom_right", _corner(1.0, 1.0)),
-    ("top_right", _corner(0.0, 1.0)),
-    ("bottom_left", _corner(1.0, 0.0)),
-    ("top_left_hflip", lambda x: _flip(_corner(0.0, 0.0)(x))),
-    ("bottom_right_hflip", lambda x: _flip(_corner(1.0, 1.0)(x))),
-    ("top_right_hflip", lambda x: _flip(_corner(0.0, 1.0)(x))),
-    ("bottom_left_hflip", lambda x: _flip(_corner(1.0, 0.0)(x))),
+VIEW_NAMES = (
+    "hflip",
+    "centre",
+    "centre_hflip",
+    "top_left",
+    "bottom_right",
+    "top_right",
+    "bottom_left",
+    "top_left_hflip",
+    "bottom_right_hflip",
+    "top_right_hflip",
+    "bottom_left_hflip",
 )
-MAX_TTA = len(VIEWS)
+MAX_TTA = len(VIEW_NAMES)
+# Where each corner view sits: (top, left) as fractions of the free margin.
+_CORNERS = {"top_left": (0.0, 0.0), "bottom_right": (1.0, 1.0), "top_right": (0.0, 1.0), "bottom_left": (1.0, 0.0)}
+
+
+def check_view_set(views: str) -> str:
+    if views not in VIEW_SETS:
+        raise ConfigError(f"tta_views must be one of {list(VIEW_SETS)}, got {views!r}")
+    return views
 
 
 def check_tta(tta: int) -> int:
@@ -56,17 +60,72 @@ def check_tta(tta: int) -> int:
     return tta
 
 
-def make_views(x: torch.Tensor, tta: int) -> torch.Tensor:
-    """(B, C, H, W) -> (V*B, C, H, W), view-major, V = 1 + tta; view 0 is the plain batch.
+def centre_offset(length: int, size: int) -> int:
+    """Where torchvision's ``CenterCrop(size)`` starts along a side of ``length``."""
+    return int(round((length - size) / 2.0))
+
+
+class TTASquare(torch.nn.Module):
+    """After ``Resize(resize)``: the central ``resize x resize`` square, placed so that its own centre ``size`` crop
+    is exactly ``CenterCrop(size)`` of the resized image (so TTA's plain view equals the plain prediction)."""
+
+    def __init__(self, resize: int, size: int):
+        super().__init__()
+        self.resize, self.size = int(resize), int(size)
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        inner = centre_offset(self.resize, self.size)
+        top = min(max(centre_offset(h, self.size) - inner, 0), h - self.resize)
+        left = min(max(centre_offset(w, self.size) - inner, 0), w - self.resize)
+        return v2.functional.crop(img, top, left, self.resize, self.resize)
+
+
+def _crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    return x[..., top : top + size, left : left + size]
+
+
+def _scaled(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _view(x: torch.Tensor, name: str, size: int) -> torch.Tensor:
+    """One named view of the square batch ``x`` (side >= ``size``), ``size`` px."""
+    if name.endswith("_hflip"):
+        return _view(x, name.removesuffix("_hflip"), size).flip(-1)
+    side = x.shape[-1]
+    if name == "hflip":
+        return _crop(x, centre_offset(side, size), centre_offset(side, size), size).flip(-1)
+    if side > size:  # crops: views from the margin around the centre crop
+        if name == "centre":
+            return _scaled(x, size)
+        top, left = _CORNERS[name]
+        return _crop(x, round((side - size) * top), round((side - size) * left), size)
+    # zoom: zoom in on the centre or a corner and scale back up.
+    crop = max(1, round(side * _ZOOM_SIDE))
+    top, left = (0.5, 0.5) if name == "centre" else _CORNERS[name]
+    return _scaled(_crop(x, round((side - crop) * top), round((side - crop) * left), crop), size)
+
+
+def make_views(x: torch.Tensor, tta: int, size: int | None = None) -> torch.Tensor:
+    """(B, C, R, R) -> (V*B, C, S, S), view-major, V = 1 + tta; view 0 is the plain centre crop (``x`` itself when
+    R <= S). ``size`` = S, default R; an input no larger than S is used at its own size.
 
     uint8 input becomes float in [0, 1] (what :func:`catdog.transforms.normalize` expects of float input).
     """
     check_tta(tta)
+    side = x.shape[-1]
+    size = side if size is None else min(int(size), side)
+    if x.shape[-2] != side:
+        if tta == 0:
+            return x
+        raise ValueError(f"test-time augmentation needs square inputs, got {tuple(x.shape[-2:])}")
+    plain = _crop(x, centre_offset(side, size), centre_offset(side, size), size)
     if tta == 0:
-        return x
+        return plain
     if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    views = [x] + [fn(x).clamp_(0.0, 1.0) for _, fn in VIEWS[:tta]]
+        x, plain = x.float().div_(255.0), plain.float().div_(255.0)
+    views = [plain] + [_view(x, name, size).clamp_(0.0, 1.0) for name in VIEW_NAMES[:tta]]
     return torch.cat(views, dim=0)
 
 

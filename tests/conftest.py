@@ -11,7 +11,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats"
+# The real Kaggle images, for the tests marked shared_data: CATDOG_SHARED_DATA=PATH points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get("CATDOG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats"
+)
 
 # A VGG16-BN at 1/16 width on 32 px images: one training step takes milliseconds on a CPU.
 TINY = [
@@ -90,6 +93,20 @@ def compose_train(overrides=(), output_dir=None):
 
 def compose_predict(overrides=(), output_dir=None):
     return _compose("predict", overrides, output_dir)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, args, cwd, timeout: int = 600):
+    """Run ``python <repo>/<script> args...`` in ``cwd`` (the project importable), capturing its output."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def tiny_train_cfg(data_dir, out_dir, *extra):

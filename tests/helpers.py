@@ -29,3 +29,22 @@ class PoisonAt(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.net.head.parameters():
                     p.fill_(float("nan"))
+
+
+class InterruptAt(pl.Callback):
+    """Raise KeyboardInterrupt (as Ctrl-C does) at the start of batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int = 0):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+class WorseEachEpoch(pl.Callback):
+    """Report a validation log loss that grows every epoch (checkpoint callbacks run after this one): the best
+    epoch is then the first."""
+
+    def on_validation_end(self, trainer, pl_module):
+        trainer.callback_metrics["val/logloss"] = torch.tensor(1.0 + trainer.current_epoch)

@@ -1,8 +1,12 @@
+import json
+
 import pytest
 
 from catdog.demo import make_demo_dataset
 from catdog.errors import DatasetError
 from catdog.layouts import detect_layout
+from catdog.training import train
+from tests.conftest import TINY, compose_train, make_flat
 
 
 def test_demo_dataset_is_flat_kaggle_layout_and_reused(tmp_path):
@@ -16,10 +20,20 @@ def test_demo_dataset_is_flat_kaggle_layout_and_reused(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary folder left behind
 
 
-def test_demo_never_writes_into_a_users_folder(tmp_path):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "cat.0.jpg").write_bytes(b"my own picture")
-    with pytest.raises(DatasetError, match="not a catdog demo dataset"):
-        make_demo_dataset(mine, per_class=2, test=1)
-    assert (mine / "cat.0.jpg").read_bytes() == b"my own picture"
+def test_demo_recipe_trains_on_a_users_folder_without_writing_into_it(tmp_path):
+    mine = make_flat(tmp_path / "mine", per_class=4, test=0)
+    before = sorted((p.relative_to(mine), p.read_bytes()) for p in mine.rglob("*") if p.is_file())
+    assert make_demo_dataset(mine, per_class=2, test=1) == mine
+    cfg = compose_train(["experiment=demo", *TINY, f"data.dir={mine}"], output_dir=tmp_path / "run")
+    train(cfg)
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["train_images"] < 8  # the user's 8 images
+    assert sorted((p.relative_to(mine), p.read_bytes()) for p in mine.rglob("*") if p.is_file()) == before
+
+
+def test_demo_fills_an_empty_folder_and_refuses_a_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    root = make_demo_dataset(tmp_path / "empty", per_class=2, test=1)
+    assert len(list((root / "train").iterdir())) == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match=r"data\.dir=.*file is a file"):
+        make_demo_dataset(tmp_path / "file", per_class=2, test=1)

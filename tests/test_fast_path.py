@@ -10,7 +10,7 @@ from catdog.images import load_image
 from catdog.models import build_network
 from catdog.module import ClassifierModule
 from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
-from catdog.tta import VIEWS
+from catdog.tta import make_views
 from tests.conftest import make_image
 
 
@@ -50,11 +50,11 @@ def test_channels_last_matches_nchw(model):
 
 def test_batched_tta_equals_one_view_at_a_time(model):
     torch.manual_seed(2)
-    x = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)
+    size = model.hparams.image_size
+    x = torch.randint(0, 256, (3, 3, size + 6, size + 6), dtype=torch.uint8)  # the square TTA reads, with a margin
     with torch.no_grad():
         batched = model.predict_proba(x, tta=5)
-        base = x.float() / 255
-        views = [base] + [fn(base).clamp(0, 1) for _, fn in VIEWS[:5]]
+        views = make_views(x, 5, size).reshape(6, 3, 3, size, size)
         looped = torch.stack([torch.softmax(model(v), dim=1) for v in views]).mean(0)
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
     assert torch.allclose(batched.sum(1), torch.ones(3))

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,14 @@ from omegaconf import open_dict
 from catdog.errors import CheckpointError, ConfigError
 from catdog.prediction import predict
 from catdog.training import train
-from tests.conftest import compose_predict, make_class_folders, make_flat, make_image, tiny_train_cfg
+from tests.conftest import (
+    compose_predict,
+    make_class_folders,
+    make_flat,
+    make_image,
+    run_script,
+    tiny_train_cfg,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,20 +104,22 @@ def test_killed_kfold_run_resumes_at_unfinished_fold(kfold_run, tmp_path):
         train(tiny_train_cfg(data, copy, "ensemble.size=3", "model.optimizer.lr=0.5"))
 
 
+def _kfold_sweep(data, log_dir, *sweep):
+    """``train.py -m`` of a tiny 2-fold vgg16_bn_kfold experiment with the ``sweep`` overrides; its sweep folder."""
+    args = [
+        "-m", "experiment=vgg16_bn_kfold", "ensemble.size=2", f"data.dir={data}", "model.weights=null",
+        "model.width=0.0625", "model.head_hidden=8", "model.finetune.head_epochs=0", "data.image_size=32",
+        "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", f"paths.log_dir={log_dir}", *sweep,
+    ]  # fmt: skip
+    run = run_script("train.py", args, log_dir.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return next((log_dir / "vgg16_bn_kfold-multirun").iterdir())
+
+
 def test_multirun_over_folds_and_sweep_summary(tmp_path):
     data = make_flat(tmp_path / "data", per_class=6, test=2)
-    common = [
-        "experiment=vgg16_bn_kfold", "ensemble.size=2", f"data.dir={data}", "model.weights=null", "model.width=0.0625",
-        "model.head_hidden=8", "model.finetune.head_epochs=0", "data.image_size=32", "data.batch_size=4",
-        "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", f"paths.log_dir={tmp_path / 'out'}",
-    ]  # fmt: skip
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *common, "data.fold=0,1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    sweep = next((tmp_path / "out" / "vgg16_bn_kfold-multirun").iterdir())
+    sweep = _kfold_sweep(data, tmp_path / "out", "data.fold=0,1")
     assert sorted(p.name for p in sweep.glob("fold_*")) == ["fold_0", "fold_1"]
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert [m["checkpoint"] for m in manifest["members"]] == [f"fold_{i}/checkpoints/best.ckpt" for i in (0, 1)]
@@ -117,6 +127,23 @@ def test_multirun_over_folds_and_sweep_summary(tmp_path):
     assert [r["overrides"].split()[-1] for r in summary] == ["data.fold=0", "data.fold=1"]
     assert all(float(r["val/logloss"]) > 0 and r["wall_time_s"] for r in summary)
     assert (sweep / "summary.md").read_text().startswith("| job | overrides |")
+
+
+def test_sweeps_with_kfold_give_every_job_its_own_folder(tmp_path):
+    """Sweeping another key over a k-fold experiment, or data.fold together with another key: one folder per job."""
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    ensembles = _kfold_sweep(data, tmp_path / "a", "model.optimizer.lr=0.01,0.02")
+    assert sorted(p.name for p in ensembles.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((ensembles / job / "manifest.json").is_file() for job in ("0", "1"))  # a whole k-fold run per job
+    assert [r["overrides"] for r in _read_csv(ensembles / "summary.csv")] == [
+        "model.optimizer.lr=0.01 (k-fold OOF)", "model.optimizer.lr=0.02 (k-fold OOF)",
+    ]  # fmt: skip
+
+    grid = _kfold_sweep(data, tmp_path / "b", "data.fold=0,1", "model.optimizer.lr=0.01,0.02")
+    jobs = sorted(p.name for p in grid.iterdir() if p.is_dir())
+    assert len(jobs) == 4 and all(re.fullmatch(r"[0-3]_fold_[01]", j) for j in jobs), jobs
+    assert all((grid / job / "result.json").is_file() for job in jobs)
+    assert not (grid / "manifest.json").exists()  # folds of different learning rates are not one ensemble
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -185,7 +212,7 @@ def test_optuna_search_returns_the_metric_to_the_sampler(tmp_path):
 
 
 def test_latest_resolves_to_the_whole_ensemble(kfold_run):
-    from catdog.ensemble import resolve_members
+    from catdog.selection import resolve_members
 
     run, _, _ = kfold_run
     members = resolve_members("latest", run.parent)

@@ -139,8 +139,32 @@ def test_labelled_folder_is_scored(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| images | tta | calibrated | accuracy | log loss |" in out
     assert "| id | true label | predicted | P(true label) |" in out
-    rows = _read(tmp_path / "submission.csv")
+    rows = _read(tmp_path / "predictions.csv")
     assert rows[0] == ["id", "label", "true_label"] and len(rows) == 17
+    assert not (tmp_path / "submission.csv").exists()  # scoring is not a submission
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["accuracy"] == scores["accuracy"] and saved["log_loss"] == scores["log_loss"]
+    assert saved["images"] == 16 and saved["tta"] == 0
+    assert "| images | tta | calibrated | accuracy | log loss |" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_labelled_class_folders_numbered_per_class_with_capitalized_names(trained, tmp_path):
+    """Microsoft's PetImages layout: Cat/0.jpg and Dog/0.jpg, for a model trained on classes cat and dog."""
+    ckpt, _ = trained
+    for label, name in enumerate(("Cat", "Dog")):
+        for i in range(3):
+            make_image(tmp_path / "PetImages" / name / f"{i}.jpg", label, seed=10 * label + i)
+    out = tmp_path / "eval" / "val.csv"
+    scores = _predict(ckpt, tmp_path, f"input={tmp_path / 'PetImages'}", "labelled=true", f"output={out}")
+    assert scores["images"] == 6
+    rows = _read(out)
+    assert sorted(r[0] for r in rows[1:]) == [f"{c}/{i}.jpg" for c in ("Cat", "Dog") for i in range(3)]
+    assert {r[0].split("/")[0]: r[2] for r in rows[1:]} == {"Cat": "cat", "Dog": "dog"}
+    assert (tmp_path / "eval" / "val_evaluation.md").is_file() and (tmp_path / "eval" / "val_evaluation.json").is_file()
+    # Ambiguous names are still refused: two folders that both match "cat".
+    make_image(tmp_path / "PetImages" / "cat" / "9.jpg", 0)
+    with pytest.raises(DatasetError, match=r"class folders \['Cat', 'Dog', 'cat'\], but the training classes"):
+        _predict(ckpt, tmp_path / "b", f"input={tmp_path / 'PetImages'}", "labelled=true")
 
 
 def test_run_split_file_scores_the_validation_images(trained, tmp_path):
@@ -223,3 +247,16 @@ def test_top_losses_lists_the_most_confident_mistakes_first():
     assert table[2] == "| d | cat | dog | 0.0100 |"
     assert table[3] == "| c | dog | cat | 0.4000 |"
     assert len(table) == 4
+
+
+def test_tta_view_sets_are_a_switch_that_leaves_the_plain_pass_alone(trained, tmp_path):
+    ckpt, _ = trained
+
+    def probs(name, *overrides):
+        return [float(r[1]) for r in _read(_predict(ckpt, tmp_path / name, *overrides))[1:]]
+
+    zoom, crops = probs("zoom", "tta=5"), probs("crops", "tta=5", "tta_views=crops")
+    assert zoom != crops  # other views, other averages
+    assert probs("plain", "tta=0") == probs("plain_crops", "tta=0", "tta_views=crops")
+    with pytest.raises(ConfigError, match=r"tta_views must be one of \['zoom', 'crops'\]"):
+        _predict(ckpt, tmp_path / "bad", "tta=5", "tta_views=ten")

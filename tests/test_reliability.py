@@ -3,8 +3,6 @@
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,9 @@ from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import OutputWriteError, atomic_write_text
 from catdog.module import NonFiniteLossError
 from catdog.training import train
-from tests.conftest import TINY, make_flat, tiny_train_cfg
+from tests.conftest import TINY, make_flat, run_script, tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _train_cli(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
-    )
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
@@ -37,11 +28,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         "model.finetune.head_epochs=1",
         "model.finetune.blocks=2",
     ]
-    full = _train_cli([*common, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
+    full = run_script("train.py", [*common, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
-    killed = _train_cli(
+    killed = run_script("train.py",
         [*common, f"hydra.run.dir={run_dir}", "+callbacks.kill._target_=tests.helpers.KillAt",
          "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1"],
         tmp_path,
@@ -52,7 +43,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert not list((run_dir / "checkpoints").glob(".*tmp"))
 
     # Same command, same folder: it resumes from last.ckpt on its own.
-    resumed = _train_cli([*common, f"hydra.run.dir={run_dir}"], tmp_path)
+    resumed = run_script("train.py", [*common, f"hydra.run.dir={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr + resumed.stdout
     a = json.loads((tmp_path / "full" / "result.json").read_text())

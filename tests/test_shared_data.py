@@ -11,7 +11,10 @@ from tests.conftest import SHARED_DATA
 
 pytestmark = [
     pytest.mark.shared_data,
-    pytest.mark.skipif(not (SHARED_DATA / "train").is_dir(), reason=f"{SHARED_DATA} is not present"),
+    pytest.mark.skipif(
+        not (SHARED_DATA / "train").is_dir(),
+        reason=f"{SHARED_DATA} is not present (set CATDOG_SHARED_DATA=PATH to the Kaggle images)",
+    ),
 ]
 
 

@@ -1,10 +1,12 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from catdog.metrics import accuracy, log_loss
 from catdog.submission import clip_probs, id_sort_key, submission_text
-from catdog.tta import MAX_TTA, VIEWS, average_views, make_views
+from catdog.tta import MAX_TTA, VIEW_NAMES, TTASquare, average_views, centre_offset, make_views
 
 
 def test_views_are_batched_view_major_and_deterministic():
@@ -18,10 +20,38 @@ def test_views_are_batched_view_major_and_deterministic():
 
 
 def test_every_view_differs_from_the_plain_pass():
-    x = torch.rand(1, 3, 24, 24)
-    views = make_views(x, MAX_TTA).reshape(MAX_TTA + 1, 1, 3, 24, 24)
-    for i, (name, _) in enumerate(VIEWS, start=1):
-        assert not torch.allclose(views[i], views[0]), name
+    for side in (24, 28):  # without and with a margin around the 24 px centre crop
+        x = torch.rand(1, 3, side, side)
+        views = make_views(x, MAX_TTA, 24).reshape(MAX_TTA + 1, 1, 3, 24, 24)
+        for i, name in enumerate(VIEW_NAMES, start=1):
+            assert not torch.allclose(views[i], views[0]), (side, name)
+
+
+def test_views_come_from_the_resized_image_unscaled():
+    """Corner views are crops of the resize-size square, as torchvision's FiveCrop takes them; the plain view is
+    exactly the centre crop the model sees without TTA; nothing is upsampled."""
+    x = torch.rand(2, 3, 73, 73)
+    views = make_views(x, MAX_TTA, 64).reshape(MAX_TTA + 1, 2, 3, 64, 64)
+    names = ("plain", *VIEW_NAMES)
+    view = dict(zip(names, views))
+    top = centre_offset(73, 64)
+    torch.testing.assert_close(view["plain"], x[..., top : top + 64, top : top + 64])
+    torch.testing.assert_close(make_views(x, 0, 64), x[..., top : top + 64, top : top + 64])
+    torch.testing.assert_close(view["top_left"], x[..., :64, :64])
+    torch.testing.assert_close(view["bottom_right"], x[..., 9:, 9:])
+    torch.testing.assert_close(view["top_right_hflip"], x[..., :64, 9:].flip(-1))
+    torch.testing.assert_close(view["centre"], F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True))
+
+
+@pytest.mark.parametrize("size", [(90, 73), (73, 120), (73, 73), (74, 101)])
+def test_tta_square_centre_is_the_plain_centre_crop(size):
+    """The square TTA reads holds, at its centre, exactly the pixels of the plain prediction's centre crop."""
+    h, w = size
+    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    square = TTASquare(73, 64)(img)
+    assert square.shape == (3, 73, 73)
+    inner = centre_offset(73, 64)
+    torch.testing.assert_close(square[:, inner : inner + 64, inner : inner + 64], v2.CenterCrop(64)(img))
 
 
 def test_average_views_is_per_image_mean():
