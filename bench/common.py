@@ -18,8 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from catdog.images import list_image_files
-from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD
+from catdog.data.images import list_image_files
+from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 # ----- the plain tutorial baseline ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Decode + augment throughput (images/s): catdog's uint8 path vs the tutorial's float PIL path.
 
 catdog:        load_image(path, draft_size) (JPEG draft decoding, EXIF, RGB) + train_transform / eval_transform -> uint8
-catdog-cached: the same transforms on pixels read from a decoded-image cache (catdog.cache, memory-mapped), built
+catdog-cached: the same transforms on pixels read from a decoded-image cache (catdog.data.cache, memory-mapped), built
                once over the images before the timed runs; its build time and file size are printed separately
 baseline:      Image.open(path).convert("RGB") + RandomResizedCrop / Resize+CenterCrop + ToTensor + Normalize -> float32
 
@@ -39,10 +39,10 @@ from common import (  # noqa: E402
     markdown_table,
 )
 
-from catdog.cache import DecodedCache, open_cache  # noqa: E402
-from catdog.data import ImageDataset, make_loader  # noqa: E402
-from catdog.images import load_image  # noqa: E402
-from catdog.transforms import eval_resize_size, eval_transform, train_transform  # noqa: E402
+from catdog.data.cache import DecodedCache, open_cache  # noqa: E402
+from catdog.data.datamodule import ImageDataset, make_loader  # noqa: E402
+from catdog.data.images import load_image  # noqa: E402
+from catdog.data.transforms import eval_resize_size, eval_transform, train_transform  # noqa: E402
 
 
 def pipelines(image_size: int, crop_pct: float, cache: DecodedCache | None = None):

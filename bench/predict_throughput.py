@@ -34,10 +34,10 @@ from common import (  # noqa: E402
     setup,
 )
 
-from catdog.data import ImageDataset, default_num_workers, make_loader  # noqa: E402
-from catdog.module import ClassifierModule  # noqa: E402
+from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader  # noqa: E402
+from catdog.data.transforms import eval_resize_size, eval_transform  # noqa: E402
+from catdog.models.module import ClassifierModule  # noqa: E402
 from catdog.prediction import predict_loader  # noqa: E402
-from catdog.transforms import eval_resize_size, eval_transform  # noqa: E402
 
 CONFIGS = {
     "fp32-nchw": (None, False),

@@ -43,11 +43,11 @@ from common import (  # noqa: E402
     setup,
 )
 
-from catdog.cache import open_cache  # noqa: E402
-from catdog.data import ImageDataset, default_num_workers, make_loader  # noqa: E402
-from catdog.module import ClassifierModule  # noqa: E402
-from catdog.precision import auto_precision  # noqa: E402
-from catdog.transforms import eval_resize_size, train_transform  # noqa: E402
+from catdog.data.cache import open_cache  # noqa: E402
+from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader  # noqa: E402
+from catdog.data.transforms import eval_resize_size, train_transform  # noqa: E402
+from catdog.models.module import ClassifierModule  # noqa: E402
+from catdog.models.precision import auto_precision  # noqa: E402
 
 CLASSES = ["cat", "dog"]
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -211,7 +211,10 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 CPU, 10 CUDA)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: CPUs - 1, at most 8)")
     p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: as train.py (catdog.precision)"
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: as train.py (catdog.models.precision)",
     )
     p.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last", help="(a)/(b) layout")
     p.add_argument("--stat", choices=("auto", "mean", "median"), default="auto", help="auto: median CPU, mean CUDA")

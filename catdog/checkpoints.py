@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 BEST_NAME = "best.ckpt"
 SWA_NAME = "swa.ckpt"
-#: Checkpoint key of the temperature-scaling record (:func:`catdog.calibration.calibration_record`).
+#: Checkpoint key of the temperature-scaling record (:func:`catdog.models.calibration.calibration_record`).
 CALIBRATION_KEY = "calibration"
 
 
@@ -48,7 +48,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_classifier(path: str | os.PathLike):
     """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint)."""
-    from catdog.module import ClassifierModule
+    from catdog.models.module import ClassifierModule
 
     ckpt = read_checkpoint(path)
     hp = dict(ckpt["hyper_parameters"])

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catdog.calibration import calibrated_probs
 from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
 from catdog.metrics import accuracy, log_loss
+from catdog.models.calibration import calibrated_probs
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def split_text(datamodule) -> str:
 
 
 def read_split(path: str | os.PathLike, data_root: str | os.PathLike, classes: Sequence[str]):
-    """The validation images of a run, from its ``split.csv``: :class:`~catdog.layouts.LabelledImages` with paths under
-    ``data_root`` (the dataset the run was trained on). A k-fold fold's file gives the images of that fold
+    """The validation images of a run, from its ``split.csv``: :class:`~catdog.data.layouts.LabelledImages` with paths
+    under ``data_root`` (the dataset the run was trained on). A k-fold fold's file gives the images of that fold
     (``fold_<i>/split.csv``)."""
-    from catdog.layouts import LabelledImages
+    from catdog.data.layouts import LabelledImages
 
     path = Path(path)
     with open(path, newline="") as f:

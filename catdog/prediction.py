@@ -12,18 +12,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
-from catdog.data import ImageDataset, check_policy, default_num_workers, make_loader
+from catdog.data.datamodule import ImageDataset, check_policy, default_num_workers, make_loader
+from catdog.data.images import find_bad_images, format_bad_images
+from catdog.data.layouts import find_unlabelled, image_ids, read_labelled, row_ids
+from catdog.data.transforms import eval_resize_size, eval_transform
 from catdog.ensemble import check_ensemble_mode, combine, markdown_table, read_split
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
-from catdog.images import find_bad_images, format_bad_images
-from catdog.layouts import find_unlabelled, image_ids, read_labelled, row_ids
 from catdog.metrics import accuracy, log_loss
-from catdog.precision import AUTOCAST, auto_precision
+from catdog.models.precision import AUTOCAST, auto_precision
+from catdog.models.tta import check_tta, check_view_set
 from catdog.selection import resolve_members
 from catdog.submission import check_clip, clip_probs, submission_text, write_submission
-from catdog.transforms import eval_resize_size, eval_transform
-from catdog.tta import check_tta, check_view_set
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ PRECISIONS = ("auto", "32", "bf16", "16")
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for prediction, or None for fp32.
 
-    ``auto`` follows :mod:`catdog.precision`: bf16 on GPUs and CPUs that compute in bf16 natively, fp16 on CUDA GPUs
-    that only emulate bf16, fp32 on other CPUs.
+    ``auto`` follows :mod:`catdog.models.precision`: bf16 on GPUs and CPUs that compute in bf16 natively, fp16 on CUDA
+    GPUs that only emulate bf16, fp32 on other CPUs.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")

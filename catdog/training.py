@@ -21,15 +21,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
-from catdog.calibration import calibrated_probs, calibration_record
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
-from catdog.data import check_data_config
+from catdog.data.datamodule import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
-from catdog.models import check_network_args, check_weights_available
-from catdog.module import check_training_args
-from catdog.precision import cpu_bf16_instructions, resolve_precision
+from catdog.models.calibration import calibrated_probs, calibration_record
+from catdog.models.module import check_training_args
+from catdog.models.networks import check_network_args, check_weights_available
+from catdog.models.precision import cpu_bf16_instructions, resolve_precision
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import catdog.cache as cache_mod
-from catdog.cache import DecodedCache, cache_files, cache_key, file_stats, open_cache
-from catdog.data import CatDogDataModule, ImageDataset, collate_skip_none, make_loader
+import catdog.data.cache as cache_mod
+from catdog.data.cache import DecodedCache, cache_files, cache_key, file_stats, open_cache
+from catdog.data.datamodule import CatDogDataModule, ImageDataset, collate_skip_none, make_loader
+from catdog.data.images import find_bad_images, load_image
+from catdog.data.transforms import eval_resize_size, eval_transform, train_transform
 from catdog.errors import BadImageError, ConfigError, DatasetError
-from catdog.images import find_bad_images, load_image
 from catdog.training import train
-from catdog.transforms import eval_resize_size, eval_transform, train_transform
 from tests.conftest import compose_train, make_image, tiny_train_cfg
 
 IMAGE_SIZE = 64
@@ -290,7 +290,7 @@ def test_datamodule_skips_bad_images_found_by_the_cache(tmp_path, caplog):
     root, bad = _flat_with_bad(tmp_path / "data")
     dm = CatDogDataModule(dir=str(root), image_size=32, batch_size=4, num_workers=0, cache=True,
                           cache_dir=str(tmp_path / "cache"), verify="none")  # fmt: skip
-    with caplog.at_level("WARNING", logger="catdog.data"):
+    with caplog.at_level("WARNING", logger="catdog.data.datamodule"):
         dm.setup("fit")
     assert sorted(p for p, _ in dm.bad_images) == sorted(bad)
     assert "skipping 2 unreadable image(s)" in caplog.text

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catdog.calibration import calibration_record, fit_temperature, nll
 from catdog.checkpoints import load_classifier, read_checkpoint
 from catdog.ensemble import read_oof
 from catdog.metrics import log_loss
-from catdog.module import ClassifierModule
+from catdog.models.calibration import calibration_record, fit_temperature, nll
+from catdog.models.module import ClassifierModule
 from catdog.prediction import predict
 from catdog.submission import submission_text
 from catdog.training import train

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from catdog.demo import make_demo_dataset
+from catdog.data.demo import make_demo_dataset
+from catdog.data.layouts import detect_layout
 from catdog.errors import DatasetError
-from catdog.layouts import detect_layout
 from catdog.training import train
 from tests.conftest import TINY, compose_train, make_flat
 

@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from catdog.images import load_image
-from catdog.models import build_network
-from catdog.module import ClassifierModule
-from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
-from catdog.tta import make_views
+from catdog.data.images import load_image
+from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
+from catdog.models.module import ClassifierModule
+from catdog.models.networks import build_network
+from catdog.models.tta import make_views
 from tests.conftest import make_image
 
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from catdog import images
+from catdog.data import images
+from catdog.data.images import check_image, find_bad_images, load_image
 from catdog.errors import BadImageError
-from catdog.images import check_image, find_bad_images, load_image
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # PIL warns about some damaged chunks before failing on them

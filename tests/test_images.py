@@ -18,13 +18,13 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader
 
-import catdog.images as images
+import catdog.data.images as images
 from catdog import training
-from catdog.data import CatDogDataModule, ImageDataset, collate_skip_none
+from catdog.data.datamodule import CatDogDataModule, ImageDataset, collate_skip_none
+from catdog.data.images import check_image, find_bad_images, is_image_file, list_image_files, load_image
+from catdog.data.layouts import detect_layout, find_unlabelled, read_class_folders, read_flat_folder, read_labelled
+from catdog.data.transforms import eval_transform
 from catdog.errors import BadImageError, DatasetError
-from catdog.images import check_image, find_bad_images, is_image_file, list_image_files, load_image
-from catdog.layouts import detect_layout, find_unlabelled, read_class_folders, read_flat_folder, read_labelled
-from catdog.transforms import eval_transform
 from tests.conftest import make_flat, make_image, tiny_train_cfg
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)

@@ -1,7 +1,7 @@
 import pytest
 
+from catdog.data.layouts import detect_layout, find_unlabelled, image_ids, read_labelled
 from catdog.errors import DatasetError
-from catdog.layouts import detect_layout, find_unlabelled, image_ids, read_labelled
 from tests.conftest import make_class_folders, make_flat, make_image
 
 

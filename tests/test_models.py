@@ -6,7 +6,7 @@ import torchvision
 from torchvision.models import VGG16_BN_Weights
 
 from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
-from catdog.models import build_network, cached_weights_path
+from catdog.models.networks import build_network, cached_weights_path
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_train_stops_on_missing_weights_before_reading_data(monkeypatch, tmp_pat
 def test_checkpoint_of_a_pretrained_model_reloads_offline(monkeypatch, tmp_path, vgg16_features_file):
     """A model started from a weights file records it as ``pretrained``; reloading never needs that file."""
     from catdog.checkpoints import load_classifier
-    from catdog.module import ClassifierModule
+    from catdog.models.module import ClassifierModule
 
     model = ClassifierModule(["cat", "dog"], arch="vgg16", weights=str(vgg16_features_file), head_hidden=8)
     trainer = __import__("pytorch_lightning").Trainer(logger=False, enable_checkpointing=False, max_epochs=0)

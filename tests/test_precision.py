@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from catdog import precision
+from catdog.models import precision
 from catdog.prediction import autocast_dtype
 from catdog.training import build_trainer
 from tests.conftest import tiny_train_cfg

@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 
 from catdog.checkpoints import load_classifier
+from catdog.data.images import load_image
+from catdog.data.transforms import eval_transform
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import OutputExistsError
-from catdog.images import load_image
 from catdog.prediction import predict
 from catdog.training import train
-from catdog.transforms import eval_transform
 from tests.conftest import compose_predict, make_image, tiny_train_cfg
 
 

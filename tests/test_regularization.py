@@ -13,12 +13,12 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from catdog.checkpoints import load_classifier, read_checkpoint
-from catdog.data import EpochShuffleSampler, ImageDataset, make_loader
+from catdog.data.datamodule import EpochShuffleSampler, ImageDataset, make_loader
+from catdog.data.transforms import ProgressiveTransform, build_mixer, eval_transform, progressive_size, train_transform
 from catdog.errors import ConfigError
-from catdog.module import ClassifierModule
+from catdog.models.module import ClassifierModule
 from catdog.prediction import predict_loader
 from catdog.training import train
-from catdog.transforms import ProgressiveTransform, build_mixer, eval_transform, progressive_size, train_transform
 from tests.conftest import make_flat, tiny_train_cfg
 
 

@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from catdog.checkpoints import SafeCheckpointIO, read_checkpoint
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import OutputWriteError, atomic_write_text
-from catdog.module import NonFiniteLossError
+from catdog.models.module import NonFiniteLossError
 from catdog.training import train
 from tests.conftest import TINY, make_flat, run_script, tiny_train_cfg
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from catdog.cache import open_cache
 from catdog.checkpoints import read_checkpoint
+from catdog.data.cache import open_cache
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.run_folder import resume_command, save_config_record, trim_history

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from catdog.images import find_bad_images
-from catdog.layouts import detect_layout, find_unlabelled, image_ids
-from catdog.splits import content_groups, kfold_assignments
+from catdog.data.images import find_bad_images
+from catdog.data.layouts import detect_layout, find_unlabelled, image_ids
+from catdog.data.splits import content_groups, kfold_assignments
 from tests.conftest import SHARED_DATA
 
 pytestmark = [

@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
+from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
 from catdog.errors import ConfigError
-from catdog.splits import content_groups, fold_indices, kfold_assignments, stratified_split
 from tests.conftest import make_image
 
 LABELS = [0] * 30 + [1] * 20

@@ -9,7 +9,7 @@ import torch
 
 from catdog.checkpoints import load_classifier, read_checkpoint
 from catdog.errors import ConfigError
-from catdog.module import ClassifierModule
+from catdog.models.module import ClassifierModule
 from catdog.training import build_datamodule, build_model, build_trainer, train
 from tests.conftest import tiny_train_cfg
 

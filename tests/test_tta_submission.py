@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from catdog.metrics import accuracy, log_loss
+from catdog.models.tta import MAX_TTA, VIEW_NAMES, TTASquare, average_views, centre_offset, make_views
 from catdog.submission import clip_probs, id_sort_key, submission_text
-from catdog.tta import MAX_TTA, VIEW_NAMES, TTASquare, average_views, centre_offset, make_views
 
 
 def test_views_are_batched_view_major_and_deterministic():

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from catdog.calibration import scale_logits
 from catdog.checkpoints import checkpoint_temperature
+from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
-from catdog.models import build_network
-from catdog.optim import build_scheduler, check_optimizer, check_scheduler, param_groups
-from catdog.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
-from catdog.tta import average_views, check_tta, make_views
+from catdog.models.calibration import scale_logits
+from catdog.models.networks import build_network
+from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups
+from catdog.models.tta import average_views, check_tta, make_views
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class ClassifierModule(pl.LightningModule):
     the start (frozen parameters have no gradient, so they are not updated), so resuming mid-run needs no special case.
     BatchNorm layers of frozen blocks stay in eval mode: they keep the pretrained running statistics.
 
-    ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` configs (:mod:`catdog.optim`); ``mixing`` turns on
-    per-batch MixUp / CutMix. ``temperature`` (set after training by :mod:`catdog.calibration`) divides the logits of
-    :meth:`predict_proba` when given.
+    ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` configs (:mod:`catdog.models.optim`); ``mixing`` turns on
+    per-batch MixUp / CutMix. ``temperature`` (set after training by :mod:`catdog.models.calibration`) divides the
+    logits of :meth:`predict_proba` when given.
     """
 
     def __init__(

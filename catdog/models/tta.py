@@ -111,7 +111,7 @@ def make_views(x: torch.Tensor, tta: int, size: int | None = None) -> torch.Tens
     """(B, C, R, R) -> (V*B, C, S, S), view-major, V = 1 + tta; view 0 is the plain centre crop (``x`` itself when
     R <= S). ``size`` = S, default R; an input no larger than S is used at its own size.
 
-    uint8 input becomes float in [0, 1] (what :func:`catdog.transforms.normalize` expects of float input).
+    uint8 input becomes float in [0, 1] (what :func:`catdog.data.transforms.normalize` expects of float input).
     """
     check_tta(tta)
     side = x.shape[-1]

@@ -2,8 +2,8 @@
 
 Each schedule here is a factory for :class:`torch.optim.lr_scheduler.LambdaLR` whose multiplier is a pure function of
 the optimizer step, so a resumed run continues on exactly the same curve. Configs select one with a ``_partial_``
-target (``conf/model/scheduler/*.yaml``); :class:`catdog.module.ClassifierModule` adds what only the Trainer knows:
-``total_steps``, ``steps_per_epoch`` and ``unfreeze_step`` (the first step after the head-only epochs).
+target (``conf/model/scheduler/*.yaml``); :class:`catdog.models.module.ClassifierModule` adds what only the Trainer
+knows: ``total_steps``, ``steps_per_epoch`` and ``unfreeze_step`` (the first step after the head-only epochs).
 
 With ``restart_on_unfreeze`` (the default) the run is split into phases at ``unfreeze_step`` and every phase gets the
 whole shape again: warmup, then the decay. This is fastai's ``fine_tune``: one cycle for the head on the frozen base,

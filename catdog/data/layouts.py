@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from catdog.data.images import list_image_files
 from catdog.errors import DatasetError
-from catdog.images import list_image_files
 
 VALIDATION_DIR_NAMES = ("validation", "val", "valid")
 

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.errors import ConfigError
-from catdog.tta import TTASquare
+from catdog.models.tta import TTASquare
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +29,7 @@ def eval_resize_size(image_size: int, crop_pct: float) -> int:
 
 def eval_transform(image_size: int, crop_pct: float = 0.875, square: bool = False) -> v2.Compose:
     """Resize the shorter side, centre-crop a square, return uint8 CHW. With ``square`` the square is the resize size,
-    not ``image_size``: ``crops`` test-time augmentation takes its views from it (:mod:`catdog.tta`)."""
+    not ``image_size``: ``crops`` test-time augmentation takes its views from it (:mod:`catdog.models.tta`)."""
     _check_size(image_size)
     resize = eval_resize_size(image_size, crop_pct)
     return v2.Compose(

@@ -12,13 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from catdog.cache import DecodedCache, open_cache
-from catdog.demo import make_demo_dataset
+from catdog.data.cache import DecodedCache, open_cache
+from catdog.data.demo import make_demo_dataset
+from catdog.data.images import find_bad_images, format_bad_images, load_image
+from catdog.data.layouts import LabelledImages, detect_layout
+from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
+from catdog.data.transforms import ProgressiveTransform, check_progressive, eval_resize_size, eval_transform
 from catdog.errors import BadImageError, ConfigError, DatasetError
-from catdog.images import find_bad_images, format_bad_images, load_image
-from catdog.layouts import LabelledImages, detect_layout
-from catdog.splits import content_groups, fold_indices, kfold_assignments, stratified_split
-from catdog.transforms import ProgressiveTransform, check_progressive, eval_resize_size, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class ImageDataset(Dataset):
     With ``on_bad_image="skip"`` an image that fails to decode yields ``None`` (dropped by :func:`collate_skip_none`)
     and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`. With ``seed`` set, indices
     come from :class:`EpochShuffleSampler` and each sample's augmentation is seeded by (seed, epoch, index).
-    With ``cache`` (a :class:`catdog.cache.DecodedCache` holding every path), pixels are read from the cache instead
-    of decoding the files (``draft_size`` is then unused).
+    With ``cache`` (a :class:`catdog.data.cache.DecodedCache` holding every path), pixels are read from the cache
+    instead of decoding the files (``draft_size`` is then unused).
     """
 
     def __init__(
@@ -144,14 +144,14 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=Non
 
 
 class CatDogDataModule(pl.LightningDataModule):
-    """Labelled images under ``dir`` (see :mod:`catdog.layouts`), split into train/val.
+    """Labelled images under ``dir`` (see :mod:`catdog.data.layouts`), split into train/val.
 
     The split is the separate validation folder when there is one; otherwise a stratified, seeded ``val_fraction``
     split, or fold ``fold`` of ``folds`` (both keep duplicate files together).
 
     With ``cache=True``, every labelled image (train and validation, before any split) is decoded once into a
-    :class:`catdog.cache.DecodedCache` in ``cache_dir`` at the eval resize size and read from there; later runs over
-    the same files (folds, sweep points with the same image size) reuse it. The build decodes every image, so it
+    :class:`catdog.data.cache.DecodedCache` in ``cache_dir`` at the eval resize size and read from there; later runs
+    over the same files (folds, sweep points with the same image size) reuse it. The build decodes every image, so it
     takes the place of the ``verify`` scan: unreadable images found by it follow ``on_bad_image`` in the same way.
     """
 

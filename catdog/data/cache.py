@@ -1,6 +1,6 @@
 """A decoded-image cache: every image decoded once per dataset, kept as uint8 pixels in one memory-mapped file.
 
-``open_cache(paths, short_side, cache_dir)`` decodes each image with :func:`catdog.images.load_image` (RGB, EXIF
+``open_cache(paths, short_side, cache_dir)`` decodes each image with :func:`catdog.data.images.load_image` (RGB, EXIF
 orientation applied, JPEG draft decoding), shrinks images whose shorter side is above ``short_side`` to exactly
 ``short_side`` (the same torchvision bilinear, antialiased resize the eval transform uses; smaller images are stored as
 decoded, never upscaled) and stores the pixels as HWC uint8 in ``<cache_dir>/<key>.u8``, with an index of offsets and
@@ -50,9 +50,9 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
+from catdog.data.images import load_image
 from catdog.errors import BadImageError, DatasetError, printable_path
 from catdog.fileio import new_file_mode
-from catdog.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def open_cache(
     """The decoded-image cache of ``paths`` at ``short_side``: opened if a valid one exists, else built.
 
     Images that cannot be decoded are stored as empty rows and listed in :attr:`DecodedCache.bad` as
-    ``(path, reason)``, exactly as :func:`catdog.images.find_bad_images` reports them. If files change while the
+    ``(path, reason)``, exactly as :func:`catdog.data.images.find_bad_images` reports them. If files change while the
     cache is built, it is built again; if they change again, :class:`DatasetError` is raised.
     """
     if not isinstance(short_side, int) or short_side < 1:

@@ -1,9 +1,10 @@
 """Optimizer and learning-rate scheduler from Hydra ``_partial_`` targets, with timm-style weight-decay groups.
 
 ``model.optimizer`` is any ``torch.optim`` optimizer (``conf/model/optimizer/*.yaml``: sgd, adamw, adam; or a
-``_target_`` of your own), ``model.scheduler`` any schedule of :mod:`catdog.schedules` or ``torch.optim.lr_scheduler``
-(``conf/model/scheduler/*.yaml``), or null for a constant learning rate. Both are checked against the target's
-signature before any data is read, so a setting the optimizer does not take fails at once, naming it.
+``_target_`` of your own), ``model.scheduler`` any schedule of :mod:`catdog.models.schedules` or
+``torch.optim.lr_scheduler`` (``conf/model/scheduler/*.yaml``), or null for a constant learning rate. Both are checked
+against the target's signature before any data is read, so a setting the optimizer does not take fails at once,
+naming it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from catdog.errors import ConfigError
-from catdog.schedules import CONTEXT_ARGS, check_schedule_args, is_catdog_schedule
+from catdog.models.schedules import CONTEXT_ARGS, check_schedule_args, is_catdog_schedule
 
 SCHEDULER_INTERVALS = (None, "step", "epoch")
 
@@ -87,7 +88,9 @@ def check_scheduler(cfg: Any, interval: str | None = None) -> functools.partial 
         if given:
             raise ConfigError(f"model.scheduler sets {given}, which catdog fills in from the trainer; remove them")
         if interval == "epoch":
-            raise ConfigError("model.scheduler_interval=epoch: catdog.schedules are stepped every optimizer step")
+            raise ConfigError(
+                "model.scheduler_interval=epoch: catdog.models.schedules are stepped every optimizer step"
+            )
         first.update({name: 1 for name in CONTEXT_ARGS})
         _check_arguments(factory, "model.scheduler", first)
         check_schedule_args(**factory.keywords)
