@@ -138,17 +138,12 @@ def read_oof(path: Path) -> tuple[list[list[str]], np.ndarray, list[str], list[s
     return rows, probs, [r[1] for r in rows], classes
 
 
-def scores(
-    probs: np.ndarray, labels: Sequence[str], classes: Sequence[str], temperature: float | None = None
-) -> dict[str, float]:
-    """Accuracy and log loss; with ``temperature``, also the log loss after temperature scaling."""
+def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy and log loss."""
     index = {c: i for i, c in enumerate(classes)}
     p = torch.from_numpy(probs)
     t = torch.tensor([index[y] for y in labels])
-    out = {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
-    if temperature is not None:
-        out["logloss_calibrated"] = log_loss(temperature_scaled(probs, temperature), t)
-    return out
+    return {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
 
 
 def temperature_scaled(probs: np.ndarray, temperature: float | None) -> torch.Tensor:
@@ -174,7 +169,11 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
             raise CheckpointError(f"{d} was trained on classes {fold_classes}, other folds on {classes}")
         classes = fold_classes
         temperature = (result.get("calibration") or {}).get("temperature")
-        s = scores(probs, labels, classes, temperature)
+        # Each fold's own temperature, fitted on its own out-of-fold images (None: unscaled).
+        scaled = temperature_scaled(probs, temperature).numpy()
+        s = scores(probs, labels, classes)
+        if temperature is not None:
+            s["logloss_calibrated"] = scores(scaled, labels, classes)["logloss"]
         fold_rows.append(
             {
                 "fold": result["fold"], **s, "temperature": temperature, "epochs": result["epochs"],
@@ -187,8 +186,7 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
         members.append(member)
         oof_rows += rows
         all_probs.append(probs)
-        # Each fold's own temperature, fitted on its own out-of-fold images (None: unscaled).
-        all_scaled.append(temperature_scaled(probs, temperature).numpy())
+        all_scaled.append(scaled)
         all_labels += labels
     overall = scores(np.concatenate(all_probs), all_labels, classes)
     calibrated = all(r["temperature"] is not None for r in fold_rows)

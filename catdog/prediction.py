@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from pathlib import Path
@@ -117,6 +118,7 @@ def _default_input(cfg: DictConfig, model) -> Path:
 
 def _predict_member(
     model,
+    *,
     paths: list[str],
     tta: int,
     device,
@@ -125,7 +127,7 @@ def _predict_member(
     precision: str,
     compile: bool,
     temperature: float | None,
-    views: str = "zoom",
+    views: str,
 ) -> np.ndarray:
     """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature."""
     hp = model.hparams
@@ -180,6 +182,10 @@ def predict(cfg: DictConfig):
         raise DatasetError(f"no readable images in {source}")
     member_probs, temperatures = [], []
     calibrate = bool(cfg.get("calibrate", True))
+    predict_member = functools.partial(
+        _predict_member, paths=kept, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers,
+        precision=precision, compile=bool(cfg.get("compile")), views=views,
+    )  # fmt: skip
     for i, member in enumerate(members):
         if i > 0:
             model = load_classifier(member)
@@ -194,18 +200,7 @@ def predict(cfg: DictConfig):
             f"temperature {temperature:.3f} applied" if temperature else
             "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
         )  # fmt: skip
-        probs = _predict_member(
-            model,
-            kept,
-            tta,
-            device,
-            cfg.batch_size,
-            workers,
-            precision,
-            bool(cfg.get("compile")),
-            temperature,
-            views,
-        )
+        probs = predict_member(model, temperature=temperature)
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)

@@ -29,6 +29,7 @@ from catdog.fileio import atomic_write_text
 from catdog.models.calibration import calibrated_probs, calibration_record
 from catdog.models.module import check_training_args
 from catdog.models.networks import check_network_args, check_weights_available
+from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions, resolve_precision
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 
@@ -43,7 +44,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_data_config(
         image_size=d.image_size, batch_size=d.batch_size, val_fraction=d.val_fraction, folds=d.folds, fold=d.fold,
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
-        progressive=_plain(d.get("progressive")), augment=_plain(d.get("augment")),
+        progressive=plain(d.get("progressive")), augment=plain(d.get("augment")),
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
     check_training_args(
@@ -54,10 +55,6 @@ def check_train_config(cfg: DictConfig) -> None:
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")
-
-
-def _plain(value):
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def _check_averaging(cfg: DictConfig) -> None:
@@ -161,10 +158,10 @@ def _checkpoint_run(resume: str) -> Path | None:
     return run if path.parent.name == "checkpoints" and (run / "split.csv").is_file() else None
 
 
-def _check_same_split(resume: str, out_dir: Path, split: str) -> None:
-    """A resumed run must keep the split its checkpoint was trained on: otherwise images it trained on would be
-    scored as validation images (a changed ``seed``, ``data.val_fraction`` or data folder)."""
-    run = _checkpoint_run(resume)
+def _check_same_split(resume: str, run: Path | None, out_dir: Path, split: str) -> None:
+    """A resumed run must keep the split its checkpoint was trained on (``run``: the checkpoint's run folder):
+    otherwise images it trained on would be scored as validation images (a changed ``seed``, ``data.val_fraction``
+    or data folder)."""
     if run is None or (run / "split.csv").read_text() == split:
         return
     here = run == out_dir.resolve()
@@ -175,12 +172,11 @@ def _check_same_split(resume: str, out_dir: Path, split: str) -> None:
     )
 
 
-def _continue_history(trainer: pl.Trainer, out_dir: Path, resume: str | None, ckpt) -> None:
-    """Keep ``metrics.csv`` whole across a resume: this folder's rows up to the checkpoint; resuming from another
-    run's checkpoint (on the same split), that run's rows, so the new folder holds the whole history."""
-    source = _checkpoint_run(resume) if resume else None
-    if source == out_dir.resolve():
-        source = None
+def _continue_history(trainer: pl.Trainer, out_dir: Path, run: Path | None, ckpt) -> None:
+    """Keep ``metrics.csv`` whole across a resume: this folder's rows up to the checkpoint ``ckpt``; resuming from
+    another run's checkpoint (``run``, on the same split), that run's rows, so the new folder holds the whole
+    history."""
+    source = None if run == out_dir.resolve() else run
     if source is not None:
         log.info("continuing %s in %s (its metric history copied)", source, out_dir)
     path = metrics_file(trainer.logger)
@@ -221,11 +217,12 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     trainer = build_trainer(cfg)
     resume = _resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None
+    source = _checkpoint_run(resume) if resume else None
     if resume:
         check_resume_matches(resume, model, ckpt)
-        _check_same_split(resume, out_dir, split)
+        _check_same_split(resume, source, out_dir, split)
     atomic_write_text(out_dir / "split.csv", split)
-    _continue_history(trainer, out_dir, resume, ckpt)
+    _continue_history(trainer, out_dir, source, ckpt)
     if record is not None:
         save_config_record(record, out_dir)
     log.info(
@@ -262,8 +259,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         score_checkpoint(cfg, model, datamodule, best)
     if model.last_validation is not None:
         logp, targets, indices = model.last_validation
-        # Exact (double precision) figures of the predictions that oof.csv holds, not the logger's float32 copy.
-        # Double precision, written exactly; the scores are those of the file's rows (as k-fold assembly reads them).
+        # Scores of the rows oof.csv holds (double precision, written exactly), not the logger's float32 copy.
         oof = write_oof(out_dir / "oof.csv", datamodule, calibrated_probs(logp, None), targets, indices, cfg.data.fold)
         result["val/logloss"], result["val/acc"] = oof["logloss"], oof["acc"]
         if cfg.get("calibrate", True):

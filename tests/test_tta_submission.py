@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from catdog.data.transforms import TTASquare, centre_offset
 from catdog.metrics import accuracy, log_loss
-from catdog.models.tta import MAX_TTA, VIEW_NAMES, TTASquare, average_views, centre_offset, make_views
+from catdog.models.tta import MAX_TTA, VIEW_NAMES, average_views, make_views
 from catdog.submission import clip_probs, id_sort_key, submission_text
 
 

@@ -9,7 +9,6 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.errors import ConfigError
-from catdog.models.tta import TTASquare
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,6 +24,27 @@ def eval_resize_size(image_size: int, crop_pct: float) -> int:
     if not 0.0 < crop_pct <= 1.0:
         raise ConfigError(f"data.crop_pct must be in (0, 1], got {crop_pct}")
     return int(round(image_size / crop_pct))
+
+
+def centre_offset(length: int, size: int) -> int:
+    """Where torchvision's ``CenterCrop(size)`` starts along a side of ``length``."""
+    return int(round((length - size) / 2.0))
+
+
+class TTASquare(torch.nn.Module):
+    """After ``Resize(resize)``: the central ``resize x resize`` square, placed so that its own centre ``size`` crop
+    is exactly ``CenterCrop(size)`` of the resized image (so TTA's plain view equals the plain prediction)."""
+
+    def __init__(self, resize: int, size: int):
+        super().__init__()
+        self.resize, self.size = int(resize), int(size)
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        inner = centre_offset(self.resize, self.size)
+        top = min(max(centre_offset(h, self.size) - inner, 0), h - self.resize)
+        left = min(max(centre_offset(w, self.size) - inner, 0), w - self.resize)
+        return v2.functional.crop(img, top, left, self.resize, self.resize)
 
 
 def eval_transform(image_size: int, crop_pct: float = 0.875, square: bool = False) -> v2.Compose:

@@ -11,7 +11,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from catdog.checkpoints import checkpoint_temperature
@@ -20,7 +19,7 @@ from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import scale_logits
 from catdog.models.networks import build_network
-from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups
+from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups, plain
 from catdog.models.tta import average_views, check_tta, make_views
 
 log = logging.getLogger(__name__)
@@ -32,20 +31,13 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 NO_STAGES = {"head_epochs": 0, "blocks": -1, "lr_factor": 1.0}
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python, so checkpoints hold only primitives (loadable with weights_only)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
 
 
 def check_finetune(finetune: dict | None) -> dict:
     """``model.finetune`` completed with the neutral values of :data:`NO_STAGES` for keys it leaves out."""
-    finetune = {**NO_STAGES, **(_plain(finetune) or {})}
+    finetune = {**NO_STAGES, **(plain(finetune) or {})}
     unknown = sorted(set(finetune) - set(NO_STAGES))
     if unknown:
         raise ConfigError(f"model.finetune has unknown key(s) {unknown}; known: {sorted(NO_STAGES)}")
@@ -67,7 +59,7 @@ def check_training_args(
     check_optimizer(optimizer)
     check_scheduler(scheduler, scheduler_interval)
     check_finetune(finetune)
-    check_mixing(_plain(mixing))
+    check_mixing(plain(mixing))
 
 
 class NonFiniteLossError(CatdogError, FloatingPointError):
@@ -112,19 +104,19 @@ class ClassifierModule(pl.LightningModule):
     ):
         super().__init__()
         finetune = check_finetune(finetune)
-        mixing = check_mixing(_plain(mixing))
-        classes = list(_plain(classes))
+        mixing = check_mixing(plain(mixing))
+        classes = list(plain(classes))
         self.save_hyperparameters(
             {
                 "classes": classes,
                 "arch": arch,
-                "weights": _plain(weights),
+                "weights": plain(weights),
                 "head": head,
                 "head_hidden": int(head_hidden),
                 "dropout": float(dropout),
                 "width": float(width),
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
+                "optimizer": plain(optimizer),
+                "scheduler": plain(scheduler),
                 "scheduler_interval": scheduler_interval,
                 "decay_bias_and_norm": bool(decay_bias_and_norm),
                 "finetune": finetune,
@@ -132,11 +124,11 @@ class ClassifierModule(pl.LightningModule):
                 "mixing": mixing,
                 "image_size": int(image_size),
                 "crop_pct": float(crop_pct),
-                "mean": [float(v) for v in _plain(mean)],
-                "std": [float(v) for v in _plain(std)],
+                "mean": [float(v) for v in plain(mean)],
+                "std": [float(v) for v in plain(std)],
                 "channels_last": bool(channels_last),
                 # Where the initial weights came from (informational; set in saved checkpoints).
-                "pretrained": _plain(pretrained) if pretrained is not None else _plain(weights),
+                "pretrained": plain(pretrained) if pretrained is not None else plain(weights),
             }
         )
         self.net = build_network(arch, len(classes), weights, head, head_hidden, dropout, width)

@@ -16,7 +16,7 @@ from typing import Any
 
 import hydra.utils
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from catdog.errors import ConfigError
 from catdog.models.schedules import CONTEXT_ARGS, check_schedule_args, is_catdog_schedule
@@ -24,13 +24,17 @@ from catdog.models.schedules import CONTEXT_ARGS, check_schedule_args, is_catdog
 SCHEDULER_INTERVALS = (None, "step", "epoch")
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+def plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (resolved), so configs can be checked, bound to signatures and stored in
+    checkpoints that load with ``weights_only``; anything else unchanged."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def _factory(cfg: Any, key: str) -> functools.partial:
     """``cfg`` (a dict with ``_target_``) as a partial of its target; errors name ``key``."""
-    cfg = _plain(cfg)
+    cfg = plain(cfg)
     if not isinstance(cfg, dict) or "_target_" not in cfg:
         raise ConfigError(
             f"{key} must be a config with _target_ (e.g. {key}._target_=torch.optim.SGD, or pick a file with "

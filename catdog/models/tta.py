@@ -7,9 +7,9 @@ centre view, its mirror, the four corners, then their mirrors; ``tta=N`` takes t
   are crops of 0.875 of its side scaled back up to ``S``, so the object looks larger, as in training's random
   resized crops.
 - ``crops``: each image is read as the central ``R x R`` square of the resized image (``R`` = the eval resize size,
-  110 px for a 96 px model at ``crop_pct=0.875``; :class:`TTASquare`), and the views are ``S x S`` crops of it, as
-  torchvision's ``FiveCrop`` / ``TenCrop`` take them from the resize: the corners, the whole square scaled down as the
-  centre view (a wider view), and nothing upsampled.
+  110 px for a 96 px model at ``crop_pct=0.875``; :class:`catdog.data.transforms.TTASquare`), and the views are
+  ``S x S`` crops of it, as torchvision's ``FiveCrop`` / ``TenCrop`` take them from the resize: the corners, the whole
+  square scaled down as the centre view (a wider view), and nothing upsampled.
 
 The view set follows from the input: a batch larger than the model's input size gets ``crops`` views, one of its
 size ``zoom`` views. The plain view is, in both, exactly the prediction without TTA.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
+from catdog.data.transforms import centre_offset
 from catdog.errors import ConfigError
 
 # Side fraction of the zoomed-in crops (``zoom`` views).
@@ -58,27 +58,6 @@ def check_tta(tta: int) -> int:
             f"tta must be an integer from 0 to {MAX_TTA} (augmented views added to the plain pass), got {tta!r}"
         )
     return tta
-
-
-def centre_offset(length: int, size: int) -> int:
-    """Where torchvision's ``CenterCrop(size)`` starts along a side of ``length``."""
-    return int(round((length - size) / 2.0))
-
-
-class TTASquare(torch.nn.Module):
-    """After ``Resize(resize)``: the central ``resize x resize`` square, placed so that its own centre ``size`` crop
-    is exactly ``CenterCrop(size)`` of the resized image (so TTA's plain view equals the plain prediction)."""
-
-    def __init__(self, resize: int, size: int):
-        super().__init__()
-        self.resize, self.size = int(resize), int(size)
-
-    def forward(self, img):
-        h, w = v2.functional.get_size(img)
-        inner = centre_offset(self.resize, self.size)
-        top = min(max(centre_offset(h, self.size) - inner, 0), h - self.resize)
-        left = min(max(centre_offset(w, self.size) - inner, 0), w - self.resize)
-        return v2.functional.crop(img, top, left, self.resize, self.resize)
 
 
 def _crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
