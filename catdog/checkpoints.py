@@ -55,13 +55,29 @@ def load_classifier(path: str | os.PathLike):
     hp["weights"] = None
     try:
         model = ClassifierModule(**hp)
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(upgrade_state_dict(ckpt["state_dict"]), strict=True)
     except (TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path} does not match catdog's model: {exc}") from None
     model.checkpoint_path = str(path)
     model.datamodule_hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
     model.temperature = checkpoint_temperature(ckpt)
     return model.eval()
+
+
+def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints of catdog's first, VGG-only network (``net.backbone`` = VGG's ``features``, ``net.head`` = pooling,
+    flatten, then the classifier layers) renamed to the keys of the torchvision model it now wraps."""
+    if not any(k.startswith("net.backbone.") for k in state):
+        return state
+    out = {}
+    for key, value in state.items():
+        if key.startswith("net.backbone."):
+            key = "net.model.features." + key.removeprefix("net.backbone.")
+        elif key.startswith("net.head."):
+            index, rest = key.removeprefix("net.head.").split(".", 1)
+            key = f"net.model.classifier.{int(index) - 2}.{rest}"
+        out[key] = value
+    return out
 
 
 def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:

@@ -131,7 +131,7 @@ def _predict_member(
 ) -> np.ndarray:
     """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature."""
     hp = model.hparams
-    transform = eval_transform(hp.image_size, hp.crop_pct, square=tta > 0 and views == "crops")
+    transform = eval_transform(hp.image_size, hp.crop_pct, tta > 0 and views == "crops", hp.interpolation)
     dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
     loader = make_loader(dataset, batch_size, workers)
     probs, order = predict_loader(model, loader, tta, device, precision, compile, temperature)

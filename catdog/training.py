@@ -28,9 +28,17 @@ from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.models.calibration import calibrated_probs, calibration_record
 from catdog.models.module import check_training_args
-from catdog.models.networks import check_network_args, check_weights_available
+from catdog.models.networks import (
+    check_arch,
+    check_blocks,
+    check_input_size,
+    check_network_args,
+    fixed_input_size,
+    uses_batchnorm,
+)
 from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions, resolve_precision
+from catdog.models.weights import check_weights_available, eval_preprocessing
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 
 log = logging.getLogger(__name__)
@@ -44,9 +52,16 @@ def check_train_config(cfg: DictConfig) -> None:
     check_data_config(
         image_size=d.image_size, batch_size=d.batch_size, val_fraction=d.val_fraction, folds=d.folds, fold=d.fold,
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
-        progressive=plain(d.get("progressive")), augment=plain(d.get("augment")),
+        progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
+        interpolation=d.get("interpolation", "bilinear"),
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
+    check_blocks(m.arch, (m.get("finetune") or {}).get("blocks", -1), d.image_size)
+    if d.get("progressive") and fixed_input_size(m.arch):
+        raise ConfigError(
+            f"model.arch={m.arch} takes one input size (it is built for data.image_size={d.image_size}), so it "
+            "cannot train with progressive resizing: set data.progressive=null"
+        )
     check_training_args(
         m.get("optimizer"), m.get("finetune"), m.get("scheduler"), m.get("scheduler_interval"), m.get("mixing")
     )
@@ -74,7 +89,7 @@ def _check_averaging(cfg: DictConfig) -> None:
     if not target.endswith("StochasticWeightAveraging"):
         return
     finetune = cfg.model.get("finetune") or {}
-    if cfg.model.arch.endswith("_bn") and finetune.get("blocks", -1) != -1:
+    if uses_batchnorm(cfg.model.arch) and finetune.get("blocks", -1) != -1:
         raise ConfigError(
             f"averaging=swa resets the BatchNorm statistics of every layer, but model.finetune.blocks="
             f"{finetune.get('blocks')} keeps some blocks frozen (their ImageNet statistics would be lost); "
@@ -83,18 +98,55 @@ def _check_averaging(cfg: DictConfig) -> None:
 
 
 def build_datamodule(cfg: DictConfig):
+    resolve_preprocessing(cfg)
     return hydra.utils.instantiate(cfg.data, _convert_="all")
 
 
+def resolve_preprocessing(cfg: DictConfig) -> None:
+    """``data.image_size``, ``data.crop_pct`` and ``data.interpolation`` left null take the values of the pretrained
+    weights' own eval transforms (torchvision's ``weights.transforms()``: 384 px for EfficientNetV2-S, bicubic for
+    EfficientNet-B0, ...), or torchvision's classic 224 px crop of a 256 px bilinear resize without weights."""
+    d = cfg.data
+    check_arch(cfg.model.arch)
+    missing = [k for k in ("image_size", "crop_pct", "interpolation") if d.get(k) is None]
+    if not missing:
+        return
+    preset = eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
+    with open_dict(cfg):
+        for key in missing:
+            d[key] = preset[key]
+    log.info(
+        "preprocessing of %s: %s", cfg.model.arch, ", ".join(f"data.{k}={d[k]}" for k in missing)
+    )  # fmt: skip
+
+
 def build_model(cfg: DictConfig, classes: list[str]):
+    resolve_preprocessing(cfg)
+    preset = eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
     return hydra.utils.instantiate(
         cfg.model,
         classes=classes,
         image_size=cfg.data.image_size,
         crop_pct=cfg.data.crop_pct,
+        interpolation=cfg.data.get("interpolation") or "bilinear",
+        mean=preset["mean"],
+        std=preset["std"],
         _recursive_=False,
         _convert_="all",
     )
+
+
+_described: set[str] = set()
+
+
+def _check_network(cfg: DictConfig, model) -> None:
+    """Print the stage list once per architecture; make sure the network takes the configured image sizes."""
+    if model.net.arch not in _described:
+        _described.add(model.net.arch)
+        log.info("%s", model.net.describe())
+    progressive = cfg.data.get("progressive")
+    sizes = [cfg.data.image_size] + ([progressive["start_size"]] if progressive else [])
+    check_input_size(model.net, sizes)
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
@@ -214,6 +266,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split_text(datamodule)
     model = build_model(cfg, datamodule.classes)
+    _check_network(cfg, model)
     trainer = build_trainer(cfg)
     resume = _resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None
@@ -296,6 +349,8 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     return result
 
 
+# Settings added to catdog after a k-fold run may have been started, with the value such runs used.
+_ADDED_LATER = {"data.interpolation": "bilinear"}
 # Settings that do not change what a fold computes: a k-fold run may be resumed with other values.
 _RESUME_FREE = {
     "data": {"num_workers", "eval_batch_size", "verify", "cache", "cache_dir", "demo"},
@@ -325,7 +380,7 @@ def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
         changed = sorted(
             f"{group}.{k}" for group in settings if isinstance(settings[group], dict)
             for k in set(settings[group]) | set(before.get(group, {}))
-            if settings[group].get(k) != before.get(group, {}).get(k)
+            if settings[group].get(k) != before.get(group, {}).get(k, _ADDED_LATER.get(f"{group}.{k}"))
         ) + (["seed"] if before.get("seed") != settings["seed"] else [])  # fmt: skip
         if changed:
             raise ConfigError(
@@ -373,6 +428,7 @@ def resolve_seed(cfg: DictConfig) -> int:
 def train(cfg: DictConfig) -> float | None:
     """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
     resolve_seed(cfg)
+    resolve_preprocessing(cfg)
     check_train_config(cfg)
     if cfg.data.folds and cfg.data.fold is None:
         summary = train_kfold(cfg)

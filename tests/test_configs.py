@@ -3,21 +3,23 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from catdog.training import check_train_config
+from catdog.models.networks import all_archs
+from catdog.training import check_train_config, resolve_preprocessing
 from tests.conftest import CONF_DIR, compose_predict, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
 
 def test_experiments_exist():
-    assert {"vgg16", "vgg16_bn", "demo"} <= set(EXPERIMENTS)
+    assert {"vgg16", "vgg16_bn", "demo", "convnext_tiny", "efficientnet_v2_s"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}", "model.weights=null"], output_dir=tmp_path)
+    resolve_preprocessing(cfg)
     check_train_config(cfg)
-    assert cfg.model.arch in ("vgg16", "vgg16_bn")
+    assert cfg.model.arch in all_archs()
     dm = instantiate(cfg.data, _convert_="all")
     assert dm.hparams.image_size == cfg.data.image_size
     for cb in cfg.callbacks.values():

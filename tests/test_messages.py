@@ -59,4 +59,4 @@ def test_model_summary_counts_the_frozen_base_as_non_trainable(tmp_path, caplog,
     summary = capsys.readouterr().out + caplog.text  # Lightning's (rich) summary table, printed before training
     assert float(re.search(r"Non-trainable params:? +([\d.]+)", summary).group(1)) > 0
     assert re.search(r"epoch 0: head only: [\d.]+( K)? of [\d.]+ K parameters trainable", caplog.text)
-    assert re.search(r"epoch 1: unfreezing, head \+ last 2 conv block\(s\)", caplog.text)
+    assert re.search(r"epoch 1: unfreezing, head \+ last 2 stage\(s\)", caplog.text)

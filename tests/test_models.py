@@ -6,7 +6,8 @@ import torchvision
 from torchvision.models import VGG16_BN_Weights
 
 from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
-from catdog.models.networks import build_network, cached_weights_path
+from catdog.models.networks import build_network
+from catdog.models.weights import cached_weights_path
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,10 @@ def vgg16_features_file(tmp_path_factory):
 def test_head_replaced_for_n_classes():
     net = build_network("vgg16_bn", num_classes=3, width=0.0625, head_hidden=8)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    assert len(net.blocks()) == 5
-    assert isinstance(net.blocks()[-1][-1], torch.nn.MaxPool2d)
+    # VGG's stages are its five conv blocks, each ending with its max-pool
+    stages = net.stages()
+    assert len(stages) == 5 and stages[-1].name == "features.34-43"
+    assert isinstance(net.model.features[43], torch.nn.MaxPool2d)
 
 
 def test_vgg_head_keeps_fc_layers():
@@ -34,7 +37,7 @@ def test_vgg_head_keeps_fc_layers():
 def test_local_weights_file_loads(vgg16_features_file):
     net = build_network("vgg16", num_classes=2, weights=str(vgg16_features_file))
     state = torch.load(vgg16_features_file, weights_only=True)
-    torch.testing.assert_close(net.backbone[0].weight, state["features.0.weight"])
+    torch.testing.assert_close(net.model.features[0].weight, state["features.0.weight"])
 
 
 def test_weights_for_the_wrong_arch_are_refused(vgg16_features_file):
@@ -74,13 +77,16 @@ def test_imagenet_uses_torchvision_cache(monkeypatch, tmp_path, vgg16_features_f
     cached.write_bytes(vgg16_features_file.read_bytes())
     net = build_network("vgg16", weights="imagenet")
     state = torch.load(vgg16_features_file, weights_only=True)
-    torch.testing.assert_close(net.backbone[28].weight, state["features.28.weight"])
+    torch.testing.assert_close(net.model.features[28].weight, state["features.28.weight"])
 
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"arch": "vgg19"}, "model.arch"),
+        ({"arch": "vgg20"}, "model.arch"),
+        ({"arch": "resnet18", "width": 0.5}, "model.width"),
+        ({"arch": "resnet18", "head": "vgg"}, "model.head"),
+        ({"arch": "squeezenet1_1", "head": "small"}, "model.head"),
         ({"head": "mlp"}, "model.head"),
         ({"width": 0.5, "weights": "imagenet"}, "model.width"),
         ({"width": 0}, "model.width"),
@@ -123,7 +129,7 @@ def test_checkpoint_of_a_pretrained_model_reloads_offline(monkeypatch, tmp_path,
     try:
         reloaded = load_classifier(tmp_path / "m.ckpt")
         assert reloaded.hparams.pretrained == str(vgg16_features_file) and reloaded.hparams.weights is None
-        torch.testing.assert_close(reloaded.net.backbone[0].weight, model.net.backbone[0].weight)
+        torch.testing.assert_close(reloaded.net.model.features[0].weight, model.net.model.features[0].weight)
         ClassifierModule.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu")
     finally:
         moved.rename(vgg16_features_file)

@@ -38,7 +38,7 @@ def test_each_optimizer_trains_a_step(choice, cls, flat_data, tmp_path):
     assert type(trainer.optimizers[0]) is cls
     assert trainer.global_step == 1
     moved = [k for k, v in model.state_dict().items() if k.startswith("net.") and not torch.equal(v, before[k])]
-    assert any(k.endswith("weight") and "backbone" in k for k in moved)
+    assert any(k.endswith("weight") and "features" in k for k in moved)
 
 
 def test_optimizer_switch_by_target_alone_names_the_setting():

@@ -133,9 +133,11 @@ def test_resume_from_other_architecture_names_both_sides(tmp_path):
         ("data.folds=-3", r"data\.folds must be an integer >= 2"),
         ("data.fold=0", r"data\.fold=0 needs data\.folds"),
         ("model.width=2", r"model\.width must be in \(0, 1\]"),
-        ("model.head=big", r"model\.head must be one of \['small', 'vgg'\]"),
+        ("model.head=big", r"model\.head must be one of \['small', 'native', 'vgg'\]"),
         ("model.optimizer.lr=-1", r"model\.optimizer\.lr must be a number > 0"),
-        ("model.finetune.blocks=7", r"model\.finetune\.blocks must be 0\.\.5 or -1"),
+        ("model.finetune.blocks=7", r"model\.finetune\.blocks=7, but vgg16_bn has 5 stages"),
+        ("model.finetune.blocks=-2", r"model\.finetune\.blocks must be an integer >= 0"),
+        ("model.arch=resnet19", r"model\.arch='resnet19'.*did you mean resnet18"),
         ("model.scheduler=step", r"model\.scheduler must be a config with _target_"),
         ("model.optimizer._target_=torch.optim.AdamW", r"model\.optimizer: torch\.optim\.adamw\.AdamW does not accept"),
         ("model/scheduler=onecycle model.scheduler.pct_start=1.5", r"model\.scheduler\.pct_start must be a number in"),
@@ -168,7 +170,7 @@ def test_checkpoint_with_nan_weights_gives_no_submission(tmp_path):
     train(tiny_train_cfg(data, tmp_path / "run"))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     for k, v in ckpt["state_dict"].items():
-        if k.startswith("net.head.") and v.is_floating_point():
+        if k.startswith("net.model.classifier.") and v.is_floating_point():
             v.fill_(float("nan"))
     torch.save(ckpt, tmp_path / "nan.ckpt")
     cfg = compose_predict([f"ckpt={tmp_path / 'nan.ckpt'}", "num_workers=0", "device=cpu"], output_dir=tmp_path / "p")

@@ -74,15 +74,15 @@ def test_staged_finetuning_freezes_backbone_and_bn_stats(flat_data, tmp_path):
     model, before = _fit(cfg, epochs=1)
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert any(k.startswith("net.head.") for k in changed)
+    assert any(k.startswith("net.model.classifier.") for k in changed)
     # Head-only stage: no backbone weight and no BN running statistic moved.
-    assert not any(k.startswith("net.backbone.") for k in changed), sorted(changed)[:5]
+    assert not any(k.startswith("net.model.features.") for k in changed), sorted(changed)[:5]
 
     model, before = _fit(cfg, epochs=2)
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    last_block = {f"net.backbone.{i}." for i, m in enumerate(model.net.backbone) if i >= 34}  # block 5 of vgg16_bn
-    first_block = {f"net.backbone.{i}." for i in range(7)}
+    last_block = {f"net.model.features.{i}." for i in range(34, 44)}  # block 5 of vgg16_bn
+    first_block = {f"net.model.features.{i}." for i in range(7)}
     assert any(k.startswith(tuple(last_block)) and "running_mean" in k for k in changed)
     assert any(k.startswith(tuple(last_block)) and k.endswith("weight") for k in changed)
     assert not any(k.startswith(tuple(first_block)) for k in changed)
@@ -97,7 +97,7 @@ def test_frozen_bn_layers_stay_in_eval_mode(flat_data, tmp_path):
     model = build_model(cfg, dm.classes)
     model.apply_stage(0)
     model.train()
-    bns = [m for m in model.net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns = [m for m in model.net.model.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns)
     assert model.net.head.training
     model.apply_stage(5)
@@ -153,4 +153,4 @@ def test_random_init_with_frozen_stages_warns(caplog):
     scratch = ClassifierModule(["a", "b"], width=0.0625, finetune={"head_epochs": 0, "blocks": -1})
     scratch.on_fit_start()
     assert "vgg16_bn_scratch" not in caplog.text
-    assert all(p.requires_grad for p in scratch.net.backbone.parameters())
+    assert all(p.requires_grad for _, p in scratch.net.backbone_named_parameters())

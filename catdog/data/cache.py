@@ -2,7 +2,7 @@
 
 ``open_cache(paths, short_side, cache_dir)`` decodes each image with :func:`catdog.data.images.load_image` (RGB, EXIF
 orientation applied, JPEG draft decoding), shrinks images whose shorter side is above ``short_side`` to exactly
-``short_side`` (the same torchvision bilinear, antialiased resize the eval transform uses; smaller images are stored as
+``short_side`` (the same torchvision antialiased resize the eval transform uses; smaller images are stored as
 decoded, never upscaled) and stores the pixels as HWC uint8 in ``<cache_dir>/<key>.u8``, with an index of offsets and
 sizes in ``<key>.index.npz`` (plain numpy arrays, loaded with ``allow_pickle=False``). Later runs over the same files
 (other epochs, folds, sweep points with the same image size) open the file instead of decoding anything.
@@ -75,32 +75,35 @@ def file_stats(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int, int]]
     return out
 
 
-def cache_key(stats: Sequence[tuple[str, int, int]], short_side: int) -> str:
-    """SHA-1 (hex) of the format and library versions, ``short_side`` and every ``(path, size, mtime_ns)`` in order."""
+def cache_key(stats: Sequence[tuple[str, int, int]], short_side: int, interpolation: str = "bilinear") -> str:
+    """SHA-1 (hex) of the format and library versions, ``short_side``, the resize filter (when not bilinear) and
+    every ``(path, size, mtime_ns)`` in order."""
     h = hashlib.sha1()
     h.update(f"catdog-decoded-cache {FORMAT_VERSION}".encode())
     h.update(f" pillow {PIL.__version__} torchvision {torchvision.__version__}".encode())
-    h.update(f" short_side {int(short_side)} n {len(stats)}\n".encode())
+    filter_ = "" if interpolation == "bilinear" else f" interpolation {interpolation}"
+    h.update(f" short_side {int(short_side)}{filter_} n {len(stats)}\n".encode())
     for path, size, mtime in stats:
         h.update(os.fsencode(path))
         h.update(f"\0{size}\0{mtime}\n".encode())
     return h.hexdigest()
 
 
-def shrink_to_short_side(image: Image.Image, short_side: int) -> Image.Image:
+def shrink_to_short_side(image: Image.Image, short_side: int, interpolation: str = "bilinear") -> Image.Image:
     """``image`` with its shorter side resized to ``short_side`` if it is longer; smaller images are returned as is.
 
-    The resize is the eval transform's (torchvision ``Resize(short_side)``, bilinear, antialiased), so resizing the
+    The resize is the eval transform's (torchvision ``Resize(short_side)``, antialiased), so resizing the
     result again to ``short_side`` is the identity.
     """
     if min(image.size) <= short_side:
         return image
-    return v2.functional.resize(image, [int(short_side)], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    mode = InterpolationMode(interpolation)
+    return v2.functional.resize(image, [int(short_side)], interpolation=mode, antialias=True)
 
 
-def decode_for_cache(path: str | os.PathLike, short_side: int) -> np.ndarray:
+def decode_for_cache(path: str | os.PathLike, short_side: int, interpolation: str = "bilinear") -> np.ndarray:
     """The HWC uint8 pixels the cache stores for ``path``; raises :class:`BadImageError` if it cannot be decoded."""
-    image = shrink_to_short_side(load_image(path, draft_size=short_side), short_side)
+    image = shrink_to_short_side(load_image(path, draft_size=short_side), short_side, interpolation)
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, 3))
 
 
@@ -217,12 +220,14 @@ def _read_index(index_path: Path, data_path: Path, paths: list[str], short_side:
     return DecodedCache(paths, short_side, data_path, offsets, heights, widths, bad)
 
 
-def _decode_in_order(paths: Sequence[str], short_side: int, workers: int) -> Iterator[np.ndarray | str]:
+def _decode_in_order(
+    paths: Sequence[str], short_side: int, workers: int, interpolation: str
+) -> Iterator[np.ndarray | str]:
     """Pixels or the reason they cannot be decoded, per path in order; at most a few images per worker in memory."""
 
     def one(p: str) -> np.ndarray | str:
         try:
-            return decode_for_cache(p, short_side)
+            return decode_for_cache(p, short_side, interpolation)
         except BadImageError as exc:
             return exc.reason
 
@@ -250,7 +255,9 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _build(paths: Sequence[str], short_side: int, data_path: Path, index_path: Path, workers: int) -> None:
+def _build(
+    paths: Sequence[str], short_side: int, data_path: Path, index_path: Path, workers: int, interpolation: str
+) -> None:
     """Decode every path into temporary files beside ``data_path`` / ``index_path``, then rename them into place."""
     folder = data_path.parent
     fd, data_tmp = tempfile.mkstemp(prefix=f"{data_path.name}.", suffix=".tmp", dir=folder)
@@ -262,7 +269,7 @@ def _build(paths: Sequence[str], short_side: int, data_path: Path, index_path: P
         heights, widths = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
         bad: dict[int, str] = {}
         with os.fdopen(fd, "wb") as f:
-            for i, result in enumerate(_decode_in_order(paths, short_side, workers)):
+            for i, result in enumerate(_decode_in_order(paths, short_side, workers, interpolation)):
                 if isinstance(result, str):
                     bad[i] = result
                     offsets[i + 1] = offsets[i]
@@ -329,8 +336,10 @@ def open_cache(
     short_side: int,
     cache_dir: str | os.PathLike,
     workers: int | None = None,
+    interpolation: str = "bilinear",
 ) -> DecodedCache:
-    """The decoded-image cache of ``paths`` at ``short_side``: opened if a valid one exists, else built.
+    """The decoded-image cache of ``paths`` at ``short_side`` (resized with ``interpolation``): opened if a valid
+    one exists, else built.
 
     Images that cannot be decoded are stored as empty rows and listed in :attr:`DecodedCache.bad` as
     ``(path, reason)``, exactly as :func:`catdog.data.images.find_bad_images` reports them. If files change while the
@@ -348,7 +357,7 @@ def open_cache(
     changed: list[str] = []
     for _attempt in range(2):
         stats = file_stats(paths)
-        key = cache_key(stats, short_side)
+        key = cache_key(stats, short_side, interpolation)
         data_path, index_path = cache_files(cache_dir, key)
         found = _read_index(index_path, data_path, paths, short_side)
         if isinstance(found, DecodedCache):
@@ -369,7 +378,7 @@ def open_cache(
             )  # fmt: skip
             start = time.perf_counter()
             try:
-                _build(paths, short_side, data_path, index_path, workers)
+                _build(paths, short_side, data_path, index_path, workers, interpolation)
             except OSError as exc:
                 raise DatasetError(
                     f"cannot write the decoded-image cache {data_path}: {exc.strerror or exc}; "

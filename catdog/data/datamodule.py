@@ -17,7 +17,13 @@ from catdog.data.demo import make_demo_dataset
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
 from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
-from catdog.data.transforms import ProgressiveTransform, check_progressive, eval_resize_size, eval_transform
+from catdog.data.transforms import (
+    ProgressiveTransform,
+    check_progressive,
+    eval_resize_size,
+    eval_transform,
+    interpolation_mode,
+)
 from catdog.errors import BadImageError, ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,7 @@ class CatDogDataModule(pl.LightningDataModule):
         dir: str = "data",
         image_size: int = 224,
         crop_pct: float = 0.875,
+        interpolation: str = "bilinear",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int | None = None,
@@ -179,7 +186,7 @@ class CatDogDataModule(pl.LightningDataModule):
         check_data_config(
             image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
             on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size, cache=cache,
-            progressive=progressive, augment=augment,
+            progressive=progressive, augment=augment, crop_pct=crop_pct, interpolation=interpolation,
         )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.root = Path(dir).expanduser()
@@ -234,7 +241,9 @@ class CatDogDataModule(pl.LightningDataModule):
         """Open (or build) the cache of every labelled image, then drop the images it could not decode."""
         paths = train.paths + (val.paths if val is not None else [])
         cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
-        self.cache = open_cache(paths, self._draft(), cache_dir, workers=max(2, self.num_workers))
+        self.cache = open_cache(
+            paths, self._draft(), cache_dir, workers=max(2, self.num_workers), interpolation=self.hparams.interpolation
+        )
         reasons = dict(self.cache.bad)
 
         def bad_in(images: LabelledImages) -> list[tuple[str, str]]:
@@ -269,14 +278,14 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> ImageDataset:
         hp = self.hparams
-        transform = ProgressiveTransform(hp.image_size, hp.progressive, **self.augment)
+        transform = ProgressiveTransform(hp.image_size, hp.progressive, hp.interpolation, **self.augment)
         return ImageDataset(
             self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed, self.cache
         )
 
     def val_dataset(self) -> ImageDataset:
         hp = self.hparams
-        transform = eval_transform(hp.image_size, hp.crop_pct)
+        transform = eval_transform(hp.image_size, hp.crop_pct, interpolation=hp.interpolation)
         return ImageDataset(
             self.val_set.paths, self.val_set.labels, transform, hp.on_bad_image, self._draft(), cache=self.cache
         )
@@ -306,10 +315,16 @@ def check_data_config(
     cache=False,
     progressive=None,
     augment=None,
+    crop_pct=0.875,
+    interpolation="bilinear",
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
-    if not isinstance(image_size, int) or image_size < 32:
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
         raise ConfigError(f"data.image_size must be an integer >= 32, got {image_size!r}")
+    if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool):
+        raise ConfigError(f"data.crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    eval_resize_size(image_size, crop_pct)
+    interpolation_mode(interpolation)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
     if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):

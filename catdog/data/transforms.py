@@ -14,9 +14,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
 def _check_size(image_size: int) -> None:
     if not isinstance(image_size, int) or image_size < 32:
-        raise ConfigError(f"data.image_size must be an integer >= 32 (VGG halves it five times), got {image_size!r}")
+        raise ConfigError(f"data.image_size must be an integer >= 32 (networks halve it 5 times), got {image_size!r}")
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    """``data.interpolation`` (the resize filter of the eval transform, the cache and training crops)."""
+    if name not in INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation must be one of {list(INTERPOLATIONS)}, got {name!r}")
+    return InterpolationMode(name)
 
 
 def eval_resize_size(image_size: int, crop_pct: float) -> int:
@@ -47,14 +57,17 @@ class TTASquare(torch.nn.Module):
         return v2.functional.crop(img, top, left, self.resize, self.resize)
 
 
-def eval_transform(image_size: int, crop_pct: float = 0.875, square: bool = False) -> v2.Compose:
-    """Resize the shorter side, centre-crop a square, return uint8 CHW. With ``square`` the square is the resize size,
-    not ``image_size``: ``crops`` test-time augmentation takes its views from it (:mod:`catdog.models.tta`)."""
+def eval_transform(
+    image_size: int, crop_pct: float = 0.875, square: bool = False, interpolation: str = "bilinear"
+) -> v2.Compose:
+    """Resize the shorter side (``interpolation``, antialiased), centre-crop a square, return uint8 CHW. With
+    ``square`` the square is the resize size, not ``image_size``: ``crops`` test-time augmentation takes its views
+    from it (:mod:`catdog.models.tta`)."""
     _check_size(image_size)
     resize = eval_resize_size(image_size, crop_pct)
     return v2.Compose(
         [
-            v2.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.Resize(resize, interpolation=interpolation_mode(interpolation), antialias=True),
             TTASquare(resize, image_size) if square else v2.CenterCrop(image_size),
             v2.PILToTensor(),
         ]
@@ -64,18 +77,18 @@ def eval_transform(image_size: int, crop_pct: float = 0.875, square: bool = Fals
 AUTO_AUGMENTS = (None, "trivial", "randaugment")
 
 
-def _auto_augment(name: str | None, magnitude: int | None) -> list:
+def _auto_augment(name: str | None, magnitude: int | None, interpolation: InterpolationMode) -> list:
     """torchvision's automatic augmentation policies: ``trivial`` (TrivialAugmentWide, no settings) or
     ``randaugment`` (RandAugment, 2 ops at ``magnitude``, default 9)."""
     if name not in AUTO_AUGMENTS:
         raise ConfigError(f"data.augment.auto must be one of {list(AUTO_AUGMENTS)}, got {name!r}")
     if name == "trivial":
-        return [v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR)]
+        return [v2.TrivialAugmentWide(interpolation=interpolation)]
     if name == "randaugment":
         m = 9 if magnitude is None else magnitude
         if not isinstance(m, int) or not 0 <= m <= 30:
             raise ConfigError(f"data.augment.magnitude must be an integer in 0..30, got {magnitude!r}")
-        return [v2.RandAugment(num_ops=2, magnitude=m, interpolation=InterpolationMode.BILINEAR)]
+        return [v2.RandAugment(num_ops=2, magnitude=m, interpolation=interpolation)]
     return []
 
 
@@ -88,20 +101,21 @@ def train_transform(
     color_jitter: float = 0.0,
     auto: str | None = None,
     magnitude: int | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """Train-time augmentation: random resized crop, horizontal flip, optional small rotation, colour jitter and an
-    automatic policy (``auto``: TrivialAugmentWide or RandAugment, applied after the crop)."""
+    automatic policy (``auto``: TrivialAugmentWide or RandAugment, applied after the crop); every resampling uses
+    ``interpolation`` (``data.interpolation``)."""
     _check_size(image_size)
+    mode = interpolation_mode(interpolation)
     if not (0.0 < scale[0] <= scale[1] <= 1.0):
         raise ConfigError(f"data.augment.scale must satisfy 0 < lo <= hi <= 1, got {list(scale)}")
-    policy = _auto_augment(auto, magnitude)
+    policy = _auto_augment(auto, magnitude, mode)
     ops = []
     if rotation:
-        ops.append(v2.RandomRotation(float(rotation), interpolation=InterpolationMode.BILINEAR))
+        ops.append(v2.RandomRotation(float(rotation), interpolation=mode))
     ops.append(
-        v2.RandomResizedCrop(
-            image_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=InterpolationMode.BILINEAR, antialias=True
-        )
+        v2.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=mode, antialias=True)
     )
     if hflip:
         ops.append(v2.RandomHorizontalFlip(float(hflip)))
@@ -146,7 +160,7 @@ def progressive_size(epoch: int, image_size: int, progressive: dict | None) -> i
 def check_augment(augment: dict | None) -> dict:
     """``data.augment``: only :func:`train_transform`'s settings."""
     augment = dict(augment or {})
-    known = [name for name in inspect.signature(train_transform).parameters if name != "image_size"]
+    known = [n for n in inspect.signature(train_transform).parameters if n not in ("image_size", "interpolation")]
     unknown = sorted(set(augment) - set(known))
     if unknown:
         raise ConfigError(f"data.augment has unknown key(s) {unknown}; known: {known}")
@@ -156,10 +170,11 @@ def check_augment(augment: dict | None) -> dict:
 class ProgressiveTransform:
     """The train transform for each epoch's image size (progressive resizing); the dataset calls ``for_epoch``."""
 
-    def __init__(self, image_size: int, progressive: dict | None, **augment):
+    def __init__(self, image_size: int, progressive: dict | None, interpolation: str = "bilinear", **augment):
         self.image_size = image_size
         self.progressive = check_progressive(progressive, image_size)
         self.augment = check_augment(augment)
+        self.interpolation = interpolation
         self._by_size: dict[int, v2.Compose] = {}
         self.for_epoch(0)  # validate the augmentation settings now
 
@@ -169,7 +184,7 @@ class ProgressiveTransform:
     def for_epoch(self, epoch: int) -> v2.Compose:
         size = self.size(epoch)
         if size not in self._by_size:
-            self._by_size[size] = train_transform(size, **self.augment)
+            self._by_size[size] = train_transform(size, interpolation=self.interpolation, **self.augment)
         return self._by_size[size]
 
     def __call__(self, image):

@@ -1,4 +1,4 @@
-"""The LightningModule: a VGG16(-BN) classifier with staged fine-tuning and device-side normalization."""
+"""The LightningModule: a torchvision classifier with staged fine-tuning and device-side normalization."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from catdog.checkpoints import checkpoint_temperature
+from catdog.checkpoints import checkpoint_temperature, upgrade_state_dict
 from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import scale_logits
-from catdog.models.networks import build_network
+from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups, plain
 from catdog.models.tta import average_views, check_tta, make_views
 
@@ -31,10 +30,6 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 NO_STAGES = {"head_epochs": 0, "blocks": -1, "lr_factor": 1.0}
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
-
-
 def check_finetune(finetune: dict | None) -> dict:
     """``model.finetune`` completed with the neutral values of :data:`NO_STAGES` for keys it leaves out."""
     finetune = {**NO_STAGES, **(plain(finetune) or {})}
@@ -44,8 +39,8 @@ def check_finetune(finetune: dict | None) -> dict:
     head_epochs, blocks, factor = finetune["head_epochs"], finetune["blocks"], finetune["lr_factor"]
     if not isinstance(head_epochs, int) or head_epochs < 0:
         raise ConfigError(f"model.finetune.head_epochs must be an integer >= 0, got {head_epochs!r}")
-    if not isinstance(blocks, int) or not (0 <= blocks <= 5 or blocks == -1):
-        raise ConfigError(f"model.finetune.blocks must be 0..5 or -1 (all), got {blocks!r}")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < -1:
+        raise ConfigError(f"model.finetune.blocks must be an integer >= 0 (last stages) or -1 (all), got {blocks!r}")
     if not isinstance(factor, (int, float)) or factor <= 0:
         raise ConfigError(f"model.finetune.lr_factor must be a number > 0, got {factor!r}")
     return finetune
@@ -67,12 +62,13 @@ class NonFiniteLossError(CatdogError, FloatingPointError):
 
 
 class ClassifierModule(pl.LightningModule):
-    """Fine-tunes a VGG16(-BN) on ``classes``.
+    """Fine-tunes a torchvision classifier (``arch``, :mod:`catdog.models.networks`) on ``classes``.
 
-    Staged fine-tuning (``finetune``): for ``head_epochs`` epochs only the head trains on the frozen conv base; then the
-    last ``blocks`` conv blocks are unfrozen and train at ``lr * lr_factor``. The optimizer holds every param group from
+    Staged fine-tuning (``finetune``): for ``head_epochs`` epochs only the head trains on the frozen backbone; then the
+    last ``blocks`` stages are unfrozen and train at ``lr * lr_factor``. The optimizer holds every param group from
     the start (frozen parameters have no gradient, so they are not updated), so resuming mid-run needs no special case.
-    BatchNorm layers of frozen blocks stay in eval mode: they keep the pretrained running statistics.
+    Every frozen part of the backbone runs in eval mode: BatchNorm keeps its pretrained running statistics, dropout
+    and stochastic depth are off. LayerNorm has no statistics: frozen, its scale and shift just stay as they are.
 
     ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` configs (:mod:`catdog.models.optim`); ``mixing`` turns on
     per-batch MixUp / CutMix. ``temperature`` (set after training by :mod:`catdog.models.calibration`) divides the
@@ -88,6 +84,7 @@ class ClassifierModule(pl.LightningModule):
         head_hidden: int = 256,
         dropout: float = 0.5,
         width: float = 1.0,
+        interpolation: str = "bilinear",
         optimizer: dict | None = None,
         scheduler: dict | None = None,
         scheduler_interval: str | None = None,
@@ -124,6 +121,7 @@ class ClassifierModule(pl.LightningModule):
                 "mixing": mixing,
                 "image_size": int(image_size),
                 "crop_pct": float(crop_pct),
+                "interpolation": str(interpolation),
                 "mean": [float(v) for v in plain(mean)],
                 "std": [float(v) for v in plain(std)],
                 "channels_last": bool(channels_last),
@@ -131,7 +129,15 @@ class ClassifierModule(pl.LightningModule):
                 "pretrained": plain(pretrained) if pretrained is not None else plain(weights),
             }
         )
-        self.net = build_network(arch, len(classes), weights, head, head_hidden, dropout, width)
+        self.net: Classifier = build_network(
+            arch, len(classes), weights, head, head_hidden, dropout, width, image_size=int(image_size)
+        )
+        stages = len(self.net.stages())
+        if finetune["blocks"] > stages:
+            raise ConfigError(
+                f"model.finetune.blocks={finetune['blocks']}, but {arch} has {stages} stages "
+                f"(-1 trains all): {self.net.describe()}"
+            )
         self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
         if channels_last:
@@ -150,40 +156,44 @@ class ClassifierModule(pl.LightningModule):
         return list(self.hparams.classes)
 
     @property
-    def backbone(self) -> torch.nn.Module:
-        return self.net.backbone
-
-    @property
     def head(self) -> torch.nn.Module:
         return self.net.head
 
-    def _finetune_blocks(self) -> list[torch.nn.Module]:
-        n = int(self.hparams.finetune["blocks"])
-        blocks = self.net.blocks()
-        return blocks if n == -1 else blocks[len(blocks) - n :] if n else []
+    def _finetune_params(self) -> list[torch.nn.Parameter]:
+        """The backbone parameters staged fine-tuning trains: those of the last ``blocks`` stages."""
+        return self.net.stage_parameters(int(self.hparams.finetune["blocks"]))
 
     def apply_stage(self, epoch: int) -> None:
         """Freeze or unfreeze the backbone for ``epoch``: a pure function of the epoch, so resume needs no state."""
         unfrozen = epoch >= int(self.hparams.finetune["head_epochs"])
-        trainable = {id(p) for b in self._finetune_blocks() for p in b.parameters()} if unfrozen else set()
-        for p in self.net.backbone.parameters():
+        trainable = {id(p) for p in self._finetune_params()} if unfrozen else set()
+        for _, p in self.net.backbone_named_parameters():
             p.requires_grad_(id(p) in trainable)
-        self._freeze_bn_stats()
+        self._freeze_modes()
 
-    def _freeze_bn_stats(self) -> None:
-        """BatchNorm of frozen blocks in eval mode (pretrained statistics), of trainable blocks as the module is."""
-        for m in self.net.backbone.modules():
-            if isinstance(m, _BatchNorm):
-                frozen = m.weight is not None and not m.weight.requires_grad
-                m.train(self.training and not frozen)
+    def _freeze_modes(self) -> None:
+        """Frozen parts in eval mode (BatchNorm statistics kept, no dropout / stochastic depth), the rest as the
+        module is: top-down, every sub-tree whose parameters are all frozen is put in eval mode."""
+
+        def visit(module: torch.nn.Module) -> None:
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.train(False)
+                return
+            module.training = self.training
+            for child in module.children():
+                visit(child)
+
+        visit(self.net)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
-            self._freeze_bn_stats()
+            self._freeze_modes()
         return self
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         self.temperature = checkpoint_temperature(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -215,12 +225,12 @@ class ClassifierModule(pl.LightningModule):
         """What trains now, e.g. "head only: 33.0 K of 14.7 M parameters trainable"."""
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.net.parameters())
-        frozen_backbone = not any(p.requires_grad for p in self.net.backbone.parameters())
-        blocks = len(self._finetune_blocks())
+        frozen_backbone = not any(p.requires_grad for _, p in self.net.backbone_named_parameters())
+        blocks = int(self.hparams.finetune["blocks"])
         what = "head only" if frozen_backbone else (
-            "all layers" if trainable == total else f"head + last {blocks} conv block(s)"
+            "all layers" if trainable == total else f"head + last {blocks} stage(s)"
         )  # fmt: skip
-        return f"{what}: {_count(trainable)} of {_count(total)} parameters trainable"
+        return f"{what}: {format_count(trainable)} of {format_count(total)} parameters trainable"
 
     def on_fit_start(self) -> None:
         ft = self.hparams.finetune
@@ -239,7 +249,7 @@ class ClassifierModule(pl.LightningModule):
         self._epoch_clock = [now, now, 0]  # start, end of the last training batch, images seen
         self.apply_stage(self.current_epoch)
         head_epochs = int(self.hparams.finetune["head_epochs"])
-        if self.current_epoch == head_epochs and head_epochs > 0 and self._finetune_blocks():
+        if self.current_epoch == head_epochs and head_epochs > 0 and self._finetune_params():
             log.info("epoch %d: unfreezing, %s", self.current_epoch, self.stage_summary())
 
     def training_step(self, batch, batch_idx):
@@ -299,11 +309,11 @@ class ClassifierModule(pl.LightningModule):
         factory = check_optimizer(self.hparams.optimizer)
         lr = float(factory.keywords["lr"])
         factor = float(self.hparams.finetune["lr_factor"])
-        blocks = self._finetune_blocks()
-        block_ids = {id(p) for b in blocks for p in b.parameters()}
-        backbone = [(n, p) for n, p in self.net.backbone.named_parameters() if id(p) in block_ids]
+        blocks = self._finetune_params()
+        block_ids = {id(p) for p in blocks}
+        backbone = [(n, p) for n, p in self.net.backbone_named_parameters() if id(p) in block_ids]
         groups = param_groups(
-            [("head", lr, self.net.head.named_parameters()), ("backbone", lr * factor, backbone)],
+            [("head", lr, self.net.head_named_parameters()), ("backbone", lr * factor, backbone)],
             weight_decay=float(factory.keywords.get("weight_decay", 0.0)),
             decay_bias_and_norm=self.hparams.decay_bias_and_norm,
         )

@@ -1,162 +1,404 @@
-"""VGG16 / VGG16-BN networks with a new classification head, and the three ways to get their weights."""
+"""Any torchvision classification model with a new classification head, split into the stages staged fine-tuning
+unfreezes from the end.
+
+A family (the torchvision module an architecture comes from: ``vgg``, ``resnet``, ``convnext``, ...) says where the
+classifier is and what its natural stages are:
+
+- VGG, AlexNet, SqueezeNet: the conv blocks of ``features``, each ending with its max-pool;
+- ResNet / ResNeXt / Wide ResNet: ``layer1``-``layer4``; RegNet: ``trunk_output.block1``-``block4``;
+  ShuffleNetV2: ``stage2``-``stage4``; DenseNet: ``denseblock1``-``4``; MaxViT: ``blocks.0``-``3``;
+- ConvNeXt, Swin: the four stages of ``features`` (each with the downsampling layer before it);
+- EfficientNet (v1, v2): the MBConv stages of ``features``;
+- MobileNetV2 / V3, MNASNet: the blocks between two strided convolutions (one stage per resolution);
+- GoogLeNet / Inception v3: the inception modules of one resolution (``inception3*``, ``Mixed_5*``, ...);
+- ViT: the encoder layers;
+- anything else: the model's top-level children.
+
+Parameters outside every stage join the stage after them (a stem joins the first stage, a downsampling layer the
+stage it feeds); those after the last stage (a final norm or 1x1 conv) join the last one.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
-import os
-import socket
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torchvision
 from torch import nn
-from torchvision.models import VGG16_BN_Weights, VGG16_Weights, WeightsEnum
-from torchvision.models.vgg import cfgs as _vgg_cfgs
-from torchvision.models.vgg import make_layers
+from torch.nn.modules.utils import _pair
 
-from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
+from catdog.errors import ConfigError
+from catdog.models.weights import imagenet_state_dict, load_pretrained, load_weights_file
 
 log = logging.getLogger(__name__)
 
-ARCHS: dict[str, tuple[WeightsEnum, bool]] = {
-    "vgg16": (VGG16_Weights.IMAGENET1K_V1, False),
-    "vgg16_bn": (VGG16_BN_Weights.IMAGENET1K_V1, True),
-}
-HEADS = ("small", "vgg")
-DOWNLOAD_TIMEOUT_S = 20
+#: ``small``: the family's classifier from its first linear layer on replaced by a two-layer MLP on globally pooled
+#: features (the original Keras recipe's head); ``native``: the family's own classifier with a new last layer
+#: (``vgg`` is its old name for VGG).
+HEADS = ("small", "native", "vgg")
+
+
+@functools.cache
+def all_archs() -> tuple[str, ...]:
+    """Every torchvision classification model name (``torchvision.models.list_models``)."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ConfigError(f"model.arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    if arch not in all_archs():
+        close = difflib.get_close_matches(str(arch), all_archs(), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"model.arch={arch!r} is not a torchvision classification model{hint} (all {len(all_archs())}: "
+            "python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))')"
+        )
     return arch
+
+
+def family_of(arch: str) -> str:
+    """The torchvision module ``arch`` is defined in: ``resnet`` for resnext50_32x4d, ``vision_transformer``, ..."""
+    return torchvision.models.get_model_builder(check_arch(arch)).__module__.rsplit(".", 1)[-1]
+
+
+# ----- stages ------------------------------------------------------------------------------------------------------
+def _children(path: str) -> Callable[[nn.Module], list[tuple[str, list[str]]]]:
+    """Each child of the module at ``path`` is a stage."""
+
+    def stages(model):
+        return [(f"{path}.{n}", [f"{path}.{n}"]) for n, _ in model.get_submodule(path).named_children()]
+
+    return stages
+
+
+def _paths(*paths: str) -> Callable[[nn.Module], list[tuple[str, list[str]]]]:
+    return lambda model: [(p, [p]) for p in paths]
+
+
+def _groups(path: str, ends: Callable[[nn.Module], bool] | None = None, starts=None):
+    """Runs of consecutive children of ``path``: a stage ends after a child for which ``ends`` holds, or a new one
+    starts at a child for which ``starts`` holds."""
+
+    def stages(model):
+        runs: list[list[str]] = []
+        for name, child in model.get_submodule(path).named_children():
+            if not runs or (starts is not None and starts(child)):
+                runs.append([])
+            runs[-1].append(name)
+            if ends is not None and ends(child):
+                runs.append([])
+        runs = [r for r in runs if r]
+        label = lambda r: f"{path}.{r[0]}" if len(r) == 1 else f"{path}.{r[0]}-{r[-1]}"  # noqa: E731
+        return [(label(r), [f"{path}.{n}" for n in r]) for r in runs]
+
+    return stages
+
+
+def _prefix_groups(*prefixes: str):
+    """Top-level children grouped by name prefix (``inception4`` -> inception4a ... inception4e)."""
+
+    def stages(model):
+        names = [n for n, _ in model.named_children()]
+        return [(f"{p}*", [n for n in names if n.startswith(p)]) for p in prefixes]
+
+    return stages
+
+
+def _strided(module: nn.Module) -> bool:
+    layers = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+    return any(max(_pair(m.stride)) > 1 for m in module.modules() if isinstance(m, layers))
+
+
+def _odd_children(path: str):
+    """Stages at the odd positions of ``path`` (ConvNeXt / Swin: stem, stage, downsample, stage, ...)."""
+
+    def stages(model):
+        names = [n for n, _ in model.get_submodule(path).named_children()]
+        return [(f"{path}.{n}", [f"{path}.{n}"]) for n in names[1::2]]
+
+    return stages
+
+
+def _inner_children(path: str):
+    """Every child of ``path`` but the first and the last (EfficientNet: the stages between stem and final conv)."""
+
+    def stages(model):
+        names = [n for n, _ in model.get_submodule(path).named_children()][1:-1]
+        return [(f"{path}.{n}", [f"{path}.{n}"]) for n in names]
+
+    return stages
+
+
+def _top_level(model: nn.Module, head: str) -> list[tuple[str, list[str]]]:
+    return [(n, [n]) for n, m in model.named_children() if n != head and any(True for _ in m.parameters())]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its classifier, how to find its stages, and the keyword of a fixed input size."""
+
+    head: str
+    stages: Callable[[nn.Module], list[tuple[str, list[str]]]] | None = None
+    size_kwarg: str | None = None
+
+
+_pool_blocks = _groups("features", ends=lambda m: isinstance(m, nn.MaxPool2d))
+FAMILIES: dict[str, Family] = {
+    "vgg": Family("classifier", _pool_blocks),
+    "alexnet": Family("classifier", _pool_blocks),
+    "squeezenet": Family("classifier", _pool_blocks),
+    "resnet": Family("fc", _paths("layer1", "layer2", "layer3", "layer4")),
+    "regnet": Family("fc", _children("trunk_output")),
+    "shufflenetv2": Family("fc", _paths("stage2", "stage3", "stage4")),
+    "densenet": Family("classifier", _paths(*(f"features.denseblock{i}" for i in range(1, 5)))),
+    "convnext": Family("classifier", _odd_children("features")),
+    "swin_transformer": Family("head", _odd_children("features")),
+    "efficientnet": Family("classifier", _inner_children("features")),
+    "mobilenetv2": Family("classifier", _groups("features", starts=_strided)),
+    "mobilenetv3": Family("classifier", _groups("features", starts=_strided)),
+    "mnasnet": Family("classifier", _groups("layers", starts=_strided)),
+    "googlenet": Family("fc", _prefix_groups("inception3", "inception4", "inception5")),
+    "inception": Family("fc", _prefix_groups("Mixed_5", "Mixed_6", "Mixed_7")),
+    "vision_transformer": Family("heads", _children("encoder.layers"), size_kwarg="image_size"),
+    "maxvit": Family("classifier", _children("blocks"), size_kwarg="input_size"),
+}
+
+
+def family(arch: str) -> Family:
+    return FAMILIES.get(family_of(arch)) or Family(_guess_head(arch))
+
+
+def _guess_head(arch: str) -> str:
+    model = torchvision.models.get_model(arch)
+    return next((n for n in ("fc", "classifier", "heads", "head") if hasattr(model, n)), "fc")
+
+
+def fixed_input_size(arch: str) -> bool:
+    """Whether ``arch`` is built for one input size (ViT, MaxViT): no progressive resizing."""
+    return family(arch).size_kwarg is not None
+
+
+_NO_BATCHNORM = ("alexnet", "squeezenet", "convnext", "swin_transformer", "vision_transformer")
+
+
+def uses_batchnorm(arch: str) -> bool:
+    """Whether ``arch`` has BatchNorm layers (architectures of families catdog does not know: assumed so)."""
+    fam = family_of(arch)
+    return not (fam in _NO_BATCHNORM or (fam == "vgg" and not arch.endswith("_bn")))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    params: tuple[str, ...]  # parameter names in the torchvision model
+    joined: tuple[str, ...] = ()  # modules outside every stage that train with it (a stem, a final norm)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _module_of(param: str, paths: list[str]) -> str:
+    """The module of ``param`` at the depth of the stage ``paths`` (conv1 for ResNet's layer1, features.0 for
+    ConvNeXt's features.1); the parameter itself when that module contains the stages (ViT's encoder.pos_embedding)."""
+    parts = param.split(".")
+    depth = len(paths[0].split("."))
+    module = ".".join(parts[: min(depth, len(parts) - 1)]) if len(parts) > 1 else param
+    return param if any(_under(p, module) for p in paths) else module
+
+
+def find_stages(model: nn.Module, head: str, spec: list[tuple[str, list[str]]]) -> list[Stage]:
+    """Every backbone parameter of ``model`` in exactly one stage of ``spec`` ((name, module paths) in forward
+    order); parameters outside all stages join the next stage, or the last one when none follows."""
+    names = [n for n, _ in model.named_parameters() if not _under(n, head)]
+    spec = [(label, paths) for label, paths in spec if any(_under(n, p) for n in names for p in paths)]
+    if not spec:
+        return [Stage("backbone", tuple(names))] if names else []
+    params: list[list[str]] = [[] for _ in spec]
+    joined: list[list[str]] = [[] for _ in spec]
+    pending: list[str] = []
+    for n in names:
+        i = next((i for i, (_, paths) in enumerate(spec) if any(_under(n, p) for p in paths)), None)
+        if i is None:
+            pending.append(n)
+            continue
+        params[i] += pending + [n]
+        joined[i] += [_module_of(p, spec[i][1]) for p in pending]
+        pending = []
+    params[-1] += pending
+    joined[-1] += [_module_of(p, spec[-1][1]) for p in pending]
+    return [
+        Stage(label, tuple(p), tuple(dict.fromkeys(j))) for (label, _), p, j in zip(spec, params, joined)
+    ]  # fmt: skip
+
+
+# ----- head --------------------------------------------------------------------------------------------------------
+def _mlp(in_features: int, hidden: int, num_classes: int, dropout: float) -> list[nn.Module]:
+    return [nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+
+
+def replace_head(model: nn.Module, slot: str, num_classes: int, head: str, hidden: int, dropout: float) -> None:
+    """Give ``model`` (its classifier at attribute ``slot``) a new ``num_classes`` classifier, in place."""
+    old = getattr(model, slot)
+    layers = list(old.children()) if isinstance(old, nn.Sequential) else [old]
+    outputs = [i for i, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not outputs:
+        raise ConfigError(f"cannot find the last layer of the classifier {slot!r} ({type(old).__name__})")
+    if head == "small":
+        first = next((i for i, m in enumerate(layers) if isinstance(m, nn.Linear)), None)
+        if first is None:
+            raise ConfigError(
+                f"model.head=small needs a linear classifier, but this model's {slot!r} ends in a convolution; "
+                "use model.head=native"
+            )
+        in_features = layers[first].in_features
+        pool = getattr(model, "avgpool", None)
+        if isinstance(pool, nn.AdaptiveAvgPool2d) and _pair(pool.output_size) != (1, 1):
+            h, w = _pair(pool.output_size)  # VGG / AlexNet flatten a 7x7 / 6x6 map: pool it globally instead
+            model.avgpool = nn.AdaptiveAvgPool2d(1)
+            in_features //= h * w
+        layers = layers[:first] + _mlp(in_features, hidden, num_classes, dropout)
+    else:
+        last = outputs[-1]
+        for m in layers[:last]:
+            if isinstance(m, nn.Dropout):
+                m.p = dropout
+        old_last = layers[last]
+        if isinstance(old_last, nn.Linear):
+            new = nn.Linear(old_last.in_features, num_classes)
+        else:  # SqueezeNet's 1x1 conv classifier
+            new = nn.Conv2d(old_last.in_channels, num_classes, kernel_size=1)
+        # Nothing non-linear after the logits (SqueezeNet has a ReLU there); a dropout before them if there is none.
+        tail = [m for m in layers[last + 1 :] if not isinstance(m, (nn.ReLU, nn.Tanh))]
+        if not any(isinstance(m, nn.Dropout) for m in layers[:last]):
+            new = nn.Sequential(nn.Dropout(dropout), new)
+        layers = layers[:last] + [new] + tail
+    setattr(model, slot, nn.Sequential(*layers) if len(layers) > 1 else layers[0])
+
+
+# ----- the network -------------------------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """A torchvision classifier (``model``, its own forward) with a new head at ``model.<head_name>`` and its
+    backbone split into ``stages`` (first to last)."""
+
+    def __init__(self, model: nn.Module, arch: str, head_name: str, stages: list[Stage]):
+        super().__init__()
+        self.model = model
+        self.arch = arch
+        self.head_name = head_name
+        self._stages = stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.model, self.head_name)
+
+    def stages(self) -> list[Stage]:
+        return list(self._stages)
+
+    def head_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.head.named_parameters(prefix=f"model.{self.head_name}")
+
+    def backbone_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if not _under(n, f"model.{self.head_name}"))
+
+    def stage_parameters(self, last: int) -> list[nn.Parameter]:
+        """Parameters of the last ``last`` stages (-1: every backbone parameter)."""
+        chosen = self._stages if last == -1 else self._stages[len(self._stages) - last :] if last else []
+        params = dict(self.model.named_parameters())
+        return [params[n] for s in chosen for n in s.params]
+
+    def describe(self) -> str:
+        """The stage list, e.g. "resnet18: 4 stages (model.finetune.blocks=K trains the last K): 1 layer1 (+ conv1,
+        bn1) 0.1 M | ... | head fc 1.0 K"."""
+        params = dict(self.model.named_parameters())
+
+        def size(names) -> str:
+            return format_count(sum(params[n].numel() for n in names))
+
+        parts = [
+            f"{i} {s.name}" + (f" (+ {', '.join(s.joined)})" if s.joined else "") + f" {size(s.params)}"
+            for i, s in enumerate(self._stages, 1)
+        ]
+        head = size(n for n in params if _under(n, self.head_name))
+        return (
+            f"{self.arch}: {len(self._stages)} stages (model.finetune.blocks=K trains the last K): "
+            + " | ".join(parts)
+            + f" | head {self.head_name} {head}"
+        )
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
 
 
 def check_network_args(arch: str, head: str = "small", width: float = 1.0, weights=None, dropout: float = 0.5) -> None:
     """Validate the network settings (config keys ``model.*``) without building anything."""
-    check_arch(arch)
+    fam = family_of(check_arch(arch))
     if head not in HEADS:
         raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
+    if head == "vgg" and fam != "vgg":
+        raise ConfigError(f"model.head=vgg is VGG's fc6/fc7 head; for model.arch={arch} use model.head=native")
+    if head == "small" and fam == "squeezenet":
+        raise ConfigError(f"model.head=small needs a linear classifier; {arch}'s is a conv: use model.head=native")
     if not isinstance(width, (int, float)) or not 0.0 < width <= 1.0:
         raise ConfigError(f"model.width must be in (0, 1], got {width!r}")
+    if width != 1.0 and fam != "vgg":
+        raise ConfigError(f"model.width narrows VGG networks only; model.arch={arch} needs model.width=1.0")
     if width != 1.0 and weights is not None:
         raise ConfigError(f"model.width={width} narrows the network, so it needs model.weights=null (got {weights!r})")
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {dropout!r}")
 
 
-class VGGClassifier(nn.Module):
-    """``backbone`` (the VGG conv stack, torchvision's ``features``) followed by ``head``."""
-
-    def __init__(self, backbone: nn.Sequential, head: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def blocks(self) -> list[nn.Sequential]:
-        """The five conv blocks of the backbone, each ending with its max-pool (shared modules, not copies)."""
-        blocks, current = [], []
-        for layer in self.backbone:
-            current.append(layer)
-            if isinstance(layer, nn.MaxPool2d):
-                blocks.append(nn.Sequential(*current))
-                current = []
-        if current:
-            blocks.append(nn.Sequential(*current))
-        return blocks
+_VGG_CFGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 
 
-def _small_head(in_channels: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
-    """Global average pool and a two-layer MLP: the original Keras recipe's small head, size-independent."""
-    return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(in_channels, hidden),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),
-    )
+def _build_kwargs(arch: str, image_size: int, pretrained: bool) -> dict:
+    """Keyword arguments torchvision's builder needs: a fixed input size, no auxiliary classifiers."""
+    fam = family_of(arch)
+    kwargs = {}
+    size_kwarg = (FAMILIES.get(fam) or Family("fc")).size_kwarg
+    if size_kwarg == "image_size":
+        kwargs["image_size"] = int(image_size)
+    elif size_kwarg == "input_size":
+        kwargs["input_size"] = (int(image_size), int(image_size))
+    if fam in ("googlenet", "inception"):
+        kwargs.update(aux_logits=False, transform_input=pretrained, init_weights=not pretrained)
+    return kwargs
 
 
-def _vgg_head(classifier: nn.Sequential, num_classes: int, dropout: float) -> nn.Sequential:
-    """torchvision's fc6/fc7 (pretrained when the backbone is) with a new last layer."""
-    layers = list(classifier.children())
-    for layer in layers:
-        if isinstance(layer, nn.Dropout):
-            layer.p = dropout
-    last = layers[-1]
-    layers[-1] = nn.Linear(last.in_features, num_classes)
-    return nn.Sequential(nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), *layers)
+def _torchvision_model(arch: str, image_size: int, width: float, pretrained: bool) -> nn.Module:
+    if width != 1.0:  # a narrowed VGG (tests and CPU demos)
+        from torchvision.models.vgg import VGG, make_layers
+        from torchvision.models.vgg import cfgs as vgg_cfgs
 
-
-def cached_weights_path(weights: WeightsEnum) -> Path:
-    """Where torchvision caches (and looks for) a weights file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-
-
-def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    weights, _ = ARCHS[arch]
-    cached = cached_weights_path(weights)
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        cfg = vgg_cfgs[_VGG_CFGS[arch.removesuffix("_bn")]]
+        cfg = [v if v == "M" else max(1, int(round(v * width))) for v in cfg]
+        net = VGG(make_layers(cfg, batch_norm=arch.endswith("_bn")), num_classes=1000, init_weights=True)
+        net.classifier[0] = nn.Linear(cfg[-2] * 7 * 7, 4096)  # torchvision's assumes 512 channels
+        return net
     try:
-        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any download failure gets the same actionable message
-        raise WeightsUnavailableError(
-            f"cannot get the ImageNet weights for {arch} ({type(exc).__name__}: {exc}).\n"
-            f"torchvision downloads them from {weights.url} and caches them as\n  {cached}\n"
-            f"Either download that file on a machine with internet and copy it to exactly that path "
-            f"(or set TORCH_HOME), or pass a local copy with model.weights=/path/to/{cached.name}.\n"
-            f"Without ImageNet weights, train from scratch with a recipe made for it: experiment=cpu_scratch (CPU) "
-            f"or experiment=vgg16_bn_scratch (GPU); model.weights=null alone keeps this recipe's frozen stages, "
-            f"which cannot learn from random weights."
-        ) from None
-    finally:
-        socket.setdefaulttimeout(old_timeout)
+        return torchvision.models.get_model(arch, weights=None, **_build_kwargs(arch, image_size, pretrained))
+    except (ValueError, AssertionError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot build model.arch={arch} for data.image_size={image_size}: {detail}") from None
 
 
-def check_weights_available(arch: str, weights: str | None) -> None:
-    """Before any data is read: make sure the requested weights can be had (download ImageNet ones into the cache)."""
-    if weights is None:
-        return
-    if weights == "imagenet":
-        if not cached_weights_path(ARCHS[check_arch(arch)][0]).is_file():
-            _imagenet_state_dict(arch)  # downloads into torchvision's cache, or raises with what to do
-        return
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"model.weights file not found: {path}")
+def _adapt_state(state: dict, model: nn.Module, arch: str, image_size: int) -> dict:
+    """ViT weights for another input size: torchvision's interpolation of the position embedding."""
+    key = "encoder.pos_embedding"
+    if family_of(arch) == "vision_transformer" and key in state and state[key].shape != model.state_dict()[key].shape:
+        from torchvision.models.vision_transformer import interpolate_embeddings
 
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A torchvision VGG state dict from a local file (never unpickles code: ``weights_only=True``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"model.weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot load weights file {path} safely (weights_only=True): {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors (expected torchvision's vgg16/vgg16_bn .pth)")
+        log.info("interpolating %s's position embedding to %d px", arch, image_size)
+        state = interpolate_embeddings(image_size, model.patch_size, state)
     return state
-
-
-def _check_state_matches(state: dict, model_state: dict, arch: str, source: str) -> None:
-    wanted = {k: v.shape for k, v in model_state.items() if k.startswith("features.")}
-    got = {k: v.shape for k, v in state.items() if k.startswith("features.")}
-    if wanted != got:
-        other = next((a for a, (_, bn) in ARCHS.items() if (bn != ARCHS[arch][1])), "another architecture")
-        hint = f" (it looks like {other} weights)" if any("running_mean" in k for k in got) != ARCHS[arch][1] else ""
-        missing = sorted(set(wanted) - set(got))[:3]
-        raise CheckpointError(
-            f"{source} does not match model.arch={arch}{hint}: conv layers differ, e.g. missing {missing or 'none'}, "
-            f"{len(got)} conv tensors in the file vs {len(wanted)} expected"
-        )
 
 
 def build_network(
@@ -167,38 +409,70 @@ def build_network(
     head_hidden: int = 256,
     dropout: float = 0.5,
     width: float = 1.0,
-) -> VGGClassifier:
-    """Build VGG16(-BN) with a ``num_classes`` head.
+    image_size: int = 224,
+) -> Classifier:
+    """Build torchvision's ``arch`` with a ``num_classes`` head (``head``: see :data:`HEADS`).
 
-    ``weights``: ``"imagenet"`` (torchvision's IMAGENET1K_V1, downloaded and cached), a path to a local torchvision
-    state dict, or ``None`` for random initialization. ``width`` < 1 narrows every conv layer (random init only), for
-    tests and CPU demos.
+    ``weights``: ``"imagenet"`` (the architecture's default torchvision weights, downloaded and cached), a path to a
+    local torchvision state dict, or ``None`` for random initialization. ``image_size`` matters only to fixed-size
+    architectures (ViT, MaxViT). ``width`` < 1 narrows every conv layer of a VGG (random init only), for tests and
+    CPU demos.
     """
-    from torchvision.models.vgg import VGG
-
     check_network_args(arch, head, width, weights, dropout)
     if num_classes < 2:
         raise ConfigError(f"the number of classes must be >= 2, got {num_classes}")
-    _, batch_norm = ARCHS[arch]
-    cfg = [v if v == "M" else max(1, int(round(v * width))) for v in _vgg_cfgs["D"]]
-    net = VGG(make_layers(cfg, batch_norm=batch_norm), num_classes=1000, init_weights=True)
-    if width != 1.0:  # torchvision's classifier assumes 512 channels
-        net.classifier[0] = nn.Linear(cfg[-2] * 7 * 7, 4096)
+    fam = family(arch)
+    model = _torchvision_model(arch, image_size, width, pretrained=weights is not None)
     if weights is not None:
         if weights == "imagenet":
-            state, source = _imagenet_state_dict(arch), f"torchvision's {arch} IMAGENET1K_V1 weights"
+            from catdog.models.weights import default_weights
+
+            state, source = imagenet_state_dict(arch), f"torchvision's {arch} {default_weights(arch).name} weights"
         else:
             state, source = load_weights_file(weights), f"weights file {weights}"
-        _check_state_matches(state, net.state_dict(), arch, source)
-        missing, _ = net.load_state_dict(state, strict=False)
-        if any(k.startswith("features.") for k in missing):
-            raise CheckpointError(f"{source} lacks conv weights: {missing[:3]}")
-        if head == "vgg" and any(k.startswith("classifier.") for k in missing):
-            log.warning("%s has no classifier weights; the vgg head's fc6/fc7 start from random init", source)
-        log.info("loaded %s", source)
-    in_channels = cfg[-2]
-    if head == "small":
-        new_head = _small_head(in_channels, num_classes, head_hidden, dropout)
-    else:
-        new_head = _vgg_head(net.classifier, num_classes, dropout)
-    return VGGClassifier(net.features, new_head)
+        load_pretrained(model, _adapt_state(state, model, arch, image_size), arch, fam.head, source)
+    replace_head(model, fam.head, num_classes, "native" if head == "vgg" else head, head_hidden, dropout)
+    spec = fam.stages(model) if fam.stages is not None else _top_level(model, fam.head)
+    return Classifier(model, arch, fam.head, find_stages(model, fam.head, spec))
+
+
+def stage_names(arch: str, image_size: int = 224) -> list[str]:
+    """``arch``'s stages without building its weights (on the meta device where its builder allows)."""
+    fam, kwargs = family(arch), _build_kwargs(arch, image_size, pretrained=False)
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    except Exception:  # noqa: BLE001 - builders that compute on tensors (RegNet) need real ones; bad sizes fail here
+        model = _torchvision_model(arch, image_size, 1.0, pretrained=False)
+    spec = fam.stages(model) if fam.stages is not None else _top_level(model, fam.head)
+    return [s.name for s in find_stages(model, fam.head, spec)]
+
+
+def check_blocks(arch: str, blocks: int, image_size: int = 224) -> None:
+    """``model.finetune.blocks`` no larger than ``arch``'s number of stages."""
+    if blocks > 0:
+        names = stage_names(arch, image_size)
+        if blocks > len(names):
+            raise ConfigError(
+                f"model.finetune.blocks={blocks}, but {arch} has {len(names)} stages (-1 trains all): "
+                + ", ".join(names)
+            )
+
+
+def check_input_size(net: Classifier, sizes: list[int]) -> None:
+    """Run one image of each size through ``net`` (eval mode, no gradients): a size the architecture cannot take
+    fails here with the config key, not in the first training step."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            for size in sorted(set(sizes)):
+                try:
+                    net(torch.zeros(1, 3, size, size))
+                except (RuntimeError, ValueError, AssertionError) as exc:
+                    raise ConfigError(
+                        f"model.arch={net.arch} cannot take {size} px images (data.image_size / "
+                        f"data.progressive.start_size): {str(exc).splitlines()[0]}"
+                    ) from None
+    finally:
+        net.train(was_training)

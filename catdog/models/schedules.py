@@ -7,7 +7,7 @@ knows: ``total_steps``, ``steps_per_epoch`` and ``unfreeze_step`` (the first ste
 
 With ``restart_on_unfreeze`` (the default) the run is split into phases at ``unfreeze_step`` and every phase gets the
 whole shape again: warmup, then the decay. This is fastai's ``fine_tune``: one cycle for the head on the frozen base,
-then a fresh cycle once the conv blocks are unfrozen, so they start at a high, warmed-up learning rate instead of
+then a fresh cycle once the backbone stages are unfrozen, so they start at a high, warmed-up learning rate instead of
 wherever the first cycle had decayed to.
 
 Any ``torch.optim.lr_scheduler`` class can be used instead (``_target_: torch.optim.lr_scheduler.StepLR``); those are
