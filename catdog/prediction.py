@@ -23,6 +23,8 @@ from catdog.fileio import atomic_write_text, check_writable
 from catdog.metrics import accuracy, log_loss
 from catdog.models.precision import AUTOCAST, auto_precision
 from catdog.models.tta import check_tta, check_view_set
+from catdog.progress import Periodic
+from catdog.report.build import safe_report, write_evaluation_report
 from catdog.selection import resolve_members
 from catdog.submission import check_clip, clip_probs, submission_text, write_submission
 
@@ -75,7 +77,9 @@ def predict_loader(
     dtype = autocast_dtype(precision, device)
     forward = torch.compile(model.predict_proba) if compile else model.predict_proba
     probs, indices = [], []
+    progress = Periodic(len(loader.dataset), "predicting")
     for x, _, idx in loader:
+        progress.update(len(idx))
         if x.numel() == 0:
             continue
         x = x.to(device, non_blocking=True)
@@ -215,7 +219,7 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members)
+        return _report(probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members, kept)
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
@@ -236,15 +240,18 @@ def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: in
 
 def evaluation_outputs(output: Path) -> dict[str, Path]:
     """Where ``labelled=true`` writes: per-image predictions at ``output`` (``predictions.csv`` in place of the
-    default ``submission.csv``), and the scores beside them as ``evaluation.md`` / ``.json`` (``<stem>_evaluation``
-    for another name)."""
+    default ``submission.csv``), and the scores beside them as ``evaluation.md`` / ``.json``, the pictures in
+    ``evaluation/`` and ``evaluation.html`` (``<stem>_evaluation`` for another name)."""
     if output.name == "submission.csv":
         output = output.with_name("predictions.csv")
     stem = "evaluation" if output.stem == "predictions" else f"{output.stem}_evaluation"
-    return {"predictions": output, "md": output.with_name(f"{stem}.md"), "json": output.with_name(f"{stem}.json")}
+    return {
+        "predictions": output, "md": output.with_name(f"{stem}.md"), "json": output.with_name(f"{stem}.json"),
+        "html": output.with_name(f"{stem}.html"),
+    }  # fmt: skip
 
 
-def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, members) -> dict[str, float]:
+def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, members, paths) -> dict[str, float]:
     """Score a labelled set: accuracy and log loss printed and saved, per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
@@ -269,5 +276,13 @@ def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, me
         "members": [str(m) for m in members], "classes": list(classes),
     }  # fmt: skip
     atomic_write_text(outputs["json"], json.dumps(record, indent=2) + "\n")
-    print(f"wrote {outputs['predictions']}, {outputs['md'].name} and {outputs['json'].name}")
+    summary = [
+        ("images", len(ids)), ("members", len(members)), ("tta", tta), ("calibrated", calibrated),
+        ("accuracy", scores["accuracy"]), ("log loss", scores["log_loss"]),
+    ]  # fmt: skip
+    safe_report(
+        "evaluation", write_evaluation_report, outputs["html"].with_suffix(""), outputs["html"], probs, targets,
+        classes, ids, paths, f"Evaluation of {source}", summary, f"as predicted (T: {calibrated})",
+    )  # fmt: skip
+    print(f"wrote {outputs['predictions']}, {outputs['md'].name}, {outputs['json'].name} and {outputs['html'].name}")
     return scores

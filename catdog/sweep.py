@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, csv_text, finalize_ensemble, markdown_table
 from catdog.fileio import atomic_write_text
+from catdog.report.build import safe_report, write_kfold_report, write_sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -132,4 +133,8 @@ class SweepSummary(Callback):
                 finalize_ensemble(sweep_dir, expected_folds=int(folds))
             except Exception as exc:  # noqa: BLE001 - a summary must not hide the sweep's results
                 log.warning("could not assemble the k-fold ensemble in %s: %s", sweep_dir, exc)
-        write_sweep_summary(sweep_dir)
+            else:
+                safe_report("k-fold", write_kfold_report, sweep_dir, OmegaConf.select(config, "data.dir"))
+        if write_sweep_summary(sweep_dir) is not None:
+            metric = OmegaConf.select(config, "optimized_metric") or "val/logloss"
+            safe_report("sweep", write_sweep_report, sweep_dir, metric)

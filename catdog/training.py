@@ -19,8 +19,9 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import StochasticWeightAveraging
+from pytorch_lightning.callbacks import ModelSummary, ProgressBar, StochasticWeightAveraging
 
+from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data.datamodule import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
@@ -39,6 +40,7 @@ from catdog.models.networks import (
 from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions, resolve_precision
 from catdog.models.weights import check_weights_available, eval_preprocessing
+from catdog.report.build import safe_report, write_kfold_report, write_run_report
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 
 log = logging.getLogger(__name__)
@@ -151,8 +153,14 @@ def _check_network(cfg: DictConfig, model) -> None:
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     """The configured Trainer with its callbacks and logger; ``overrides`` replace any of its arguments."""
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(progress_bar())  # a bar in a terminal, plain log lines in a log file
+    summary = cfg.trainer.get("enable_model_summary", True) and not interactive()
+    if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(ModelSummary())  # a plain table: rich's box drawing is for terminals
     kwargs = {
-        "callbacks": [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None],
+        "callbacks": callbacks,
         "logger": hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False,
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
         "plugins": [SafeCheckpointIO()],
@@ -332,6 +340,10 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         }
     )
     atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    if model.last_validation is not None:
+        ft = model.hparams.finetune
+        unfreeze = ft["head_epochs"] if ft["head_epochs"] > 0 and ft["blocks"] != 0 else None
+        safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze)
     if best:
         log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
     if "calibration" in result:
@@ -409,7 +421,9 @@ def train_kfold(cfg: DictConfig) -> dict:
             fold_cfg.ckpt_path = None
         log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, fold_dir)
         fit_one(fold_cfg, resume_dir=run_dir)
-    return finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
+    summary = finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
+    safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
+    return summary
 
 
 def resolve_seed(cfg: DictConfig) -> int:

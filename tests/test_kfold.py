@@ -11,6 +11,8 @@ from omegaconf import open_dict
 
 from catdog.errors import CheckpointError, ConfigError
 from catdog.prediction import predict
+from catdog.report.build import sweep_points
+from catdog.sweep import sweep_rows
 from catdog.training import train
 from tests.conftest import (
     compose_predict,
@@ -127,6 +129,9 @@ def test_multirun_over_folds_and_sweep_summary(tmp_path):
     assert [r["overrides"].split()[-1] for r in summary] == ["data.fold=0", "data.fold=1"]
     assert all(float(r["val/logloss"]) > 0 and r["wall_time_s"] for r in summary)
     assert (sweep / "summary.md").read_text().startswith("| job | overrides |")
+    # The folds of the sweep are one ensemble: its report, and the metric against the fold beside summary.md.
+    assert (sweep / "report.html").is_file() and (sweep / "report" / "confusion.png").is_file()
+    assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sweeps_with_kfold_give_every_job_its_own_folder(tmp_path):
@@ -138,6 +143,11 @@ def test_sweeps_with_kfold_give_every_job_its_own_folder(tmp_path):
     assert [r["overrides"] for r in _read_csv(ensembles / "summary.csv")] == [
         "model.optimizer.lr=0.01 (k-fold OOF)", "model.optimizer.lr=0.02 (k-fold OOF)",
     ]  # fmt: skip
+    # summary.png plots each job's OOF log loss against the learning rate.
+    oof = [json.loads((ensembles / job / "manifest.json").read_text())["oof"]["logloss"] for job in ("0", "1")]
+    points = sweep_points(sweep_rows(ensembles), "val/logloss")
+    assert points == {"model.optimizer.lr": [("0.01", pytest.approx(oof[0])), ("0.02", pytest.approx(oof[1]))]}
+    assert (ensembles / "summary.png").is_file()
 
     grid = _kfold_sweep(data, tmp_path / "b", "data.fold=0,1", "model.optimizer.lr=0.01,0.02")
     jobs = sorted(p.name for p in grid.iterdir() if p.is_dir())

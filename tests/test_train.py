@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,9 @@ def test_bad_config_fails_before_reading_data(override, key, tmp_path):
 
 
 def test_cli_demo_then_predict_latest(tmp_path):
-    """The README's two commands, shrunk: train the demo, then predict with the checkpoint it made."""
-    args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    """The README's two commands, shrunk: train the demo, then predict with the checkpoint it made. Output to a
+    pipe gets progress as plain log lines (no carriage returns), and the run folder its report."""
+    args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1"]
     args.append("paths.log_dir=" + str(tmp_path / "out"))
     run = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "experiment=demo", *args],
@@ -135,6 +137,9 @@ def test_cli_demo_then_predict_latest(tmp_path):
     assert len(run_dirs) == 1
     assert (run_dirs[0] / ".hydra" / "config.yaml").is_file()
     assert (run_dirs[0] / "checkpoints" / "best.ckpt").is_file()
+    assert "\r" not in run.stdout + run.stderr
+    assert re.search(r"epoch 0/0: train/loss [\d.]+, val/logloss [\d.]+, val/acc [\d.]+", run.stdout + run.stderr)
+    assert (run_dirs[0] / "report.html").is_file()
     pred = subprocess.run(
         [sys.executable, str(ROOT / "predict.py"), "ckpt=latest", "tta=2", "paths.log_dir=" + str(tmp_path / "out")],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,

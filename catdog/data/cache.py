@@ -53,6 +53,7 @@ from torchvision.transforms import InterpolationMode, v2
 from catdog.data.images import load_image
 from catdog.errors import BadImageError, DatasetError, printable_path
 from catdog.fileio import new_file_mode
+from catdog.progress import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,9 @@ def _build(
         offsets = np.zeros(n + 1, dtype=np.int64)
         heights, widths = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
         bad: dict[int, str] = {}
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f, Periodic(n, "decoded-image cache") as progress:
             for i, result in enumerate(_decode_in_order(paths, short_side, workers, interpolation)):
+                progress.update()
                 if isinstance(result, str):
                     bad[i] = result
                     offsets[i + 1] = offsets[i]

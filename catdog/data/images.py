@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from catdog.errors import BadImageError, DatasetError
+from catdog.progress import Periodic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,8 +229,11 @@ def find_bad_images(
     if not paths:
         return []
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda p: check_image(p, full=full), paths, chunksize=64))
+    reasons = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, Periodic(len(paths), "checking images") as progress:
+        for reason in pool.map(lambda p: check_image(p, full=full), paths, chunksize=64):
+            reasons.append(reason)
+            progress.update()
     return [(_fspath(p), r) for p, r in zip(paths, reasons) if r is not None]
 
 

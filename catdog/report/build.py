@@ -1,0 +1,322 @@
+"""Write the report of a run, a k-fold run, a sweep or a labelled evaluation (see :mod:`catdog.report`)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, read_oof
+from catdog.fileio import atomic_open, atomic_write_text
+from catdog.report import figures as fg
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+REPORT_HTML = "report.html"
+#: Mistakes shown in the grid.
+MISTAKES = 16
+
+
+def evaluation_pictures(
+    probs: np.ndarray,
+    targets: Sequence[int],
+    classes: Sequence[str],
+    names: Sequence[str],
+    paths: Sequence[str | os.PathLike],
+    temperature: float | np.ndarray | None = None,
+    applied: str | None = None,
+) -> tuple[dict[str, bytes], dict]:
+    """Confusion matrix, most confident mistakes, reliability (before and, with ``temperature``, after scaling) and
+    ROC (two classes) of ``probs``; returns (PNG bytes by file name, the numbers behind them). ``applied`` names a
+    temperature already in ``probs`` (prediction), for the reliability legend."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    predicted = probs.argmax(axis=1)
+    counts = fg.confusion_counts(targets, predicted, len(classes))
+    pictures = {"confusion.png": fg.plot_confusion(counts, classes)}
+    worst = fg.top_mistakes(probs, targets, MISTAKES)
+    mistakes = [
+        {
+            "name": str(names[i]), "path": str(paths[i]), "true": classes[targets[i]],
+            "predicted": classes[predicted[i]], "p_true": float(probs[i, targets[i]]),
+        }
+        for i in worst
+    ]  # fmt: skip
+    pictures["mistakes.png"] = fg.plot_mistakes(mistakes)
+    curves = {applied or "as predicted": fg.reliability_data(probs, targets)}
+    numbers: dict = {"images": len(targets), "classes": list(classes), "confusion": counts.tolist()}
+    if temperature is not None:
+        label = f"T = {temperature:.3f}" if np.ndim(temperature) == 0 else "each fold's T"
+        curves = {"before": curves[applied or "as predicted"], f"after {label}": None}
+        curves[f"after {label}"] = fg.reliability_data(fg.scale_probs(probs, temperature), targets)
+    pictures["reliability.png"] = fg.plot_reliability(curves)
+    numbers["reliability"] = curves
+    numbers["ece"] = {name: data["ece"] for name, data in curves.items()}
+    if len(classes) == 2:
+        roc = fg.roc_data(probs[:, 1], targets == 1)
+        numbers["auc"] = roc["auc"]
+        if roc["auc"] is not None:
+            pictures["roc.png"] = fg.plot_roc(roc, classes[1])
+    numbers["accuracy"] = float((predicted == targets).mean()) if len(targets) else None
+    numbers["mistakes"] = [{k: v for k, v in m.items() if k != "path"} for m in mistakes]
+    return pictures, numbers
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    return str(v)
+
+
+_CSS = (
+    "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}"
+    "img{max-width:100%;border:1px solid #eee;margin:0.5em 0}"
+)
+
+
+def write_bundle(
+    folder: Path,
+    html_path: Path,
+    title: str,
+    pictures: dict[str, bytes],
+    numbers: dict,
+    tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence]]] = (),
+) -> Path:
+    """PNGs and ``summary.json`` into ``folder``; ``html_path``: the tables and the pictures (embedded as data URIs,
+    so the page needs no other file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in pictures.items():
+        _write_png(folder / name, data)
+    atomic_write_text(folder / "summary.json", json.dumps(numbers, indent=2, default=_json) + "\n")
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    parts.append(f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>")
+    for caption, header, rows in tables:
+        parts.append(f"<h2>{html.escape(caption)}</h2>{_table(header, rows)}")
+    for name, data in pictures.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        parts.append(f"<h2>{html.escape(name.removesuffix('.png'))}</h2><img alt='{html.escape(name)}' src='{uri}'>")
+    parts.append("</body></html>\n")
+    atomic_write_text(html_path, "".join(parts))
+    return html_path
+
+
+def _json(v):
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    raise TypeError(type(v).__name__)
+
+
+# ----- run folders -------------------------------------------------------------------------------------------------
+def _folder_config(folder: Path) -> dict:
+    path = folder / ".hydra" / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
+
+
+def _unfreeze_epoch(config: dict) -> int | None:
+    finetune = (config.get("model") or {}).get("finetune") or {}
+    head_epochs, blocks = finetune.get("head_epochs", 0), finetune.get("blocks", -1)
+    return int(head_epochs) if isinstance(head_epochs, int) and head_epochs > 0 and blocks != 0 else None
+
+
+def _data_root(folder: Path, config: dict, data_root) -> Path | None:
+    if data_root is not None:
+        return Path(data_root)
+    root = (config.get("data") or {}).get("dir")
+    return Path(root) if isinstance(root, str) and "${" not in root else None
+
+
+def _metrics_csv(folder: Path) -> Path | None:
+    found = sorted(folder.glob("csv/**/metrics.csv")) or sorted(folder.glob("*/metrics.csv"))
+    return found[0] if found else None
+
+
+def _oof(folder: Path, root: Path | None):
+    rows, probs, labels, classes = read_oof(folder / "oof.csv")
+    targets = np.array([classes.index(label) for label in labels], dtype=np.int64)
+    names = [r[0] for r in rows]
+    return probs, targets, classes, names, [fg.image_path(root, n) for n in names]
+
+
+def write_run_report(
+    run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None, unfreeze_epoch: int | None = None
+) -> Path:
+    """The report of a finished single run (``oof.csv``, ``result.json``, the CSV metric log)."""
+    run_dir = Path(run_dir)
+    config = _folder_config(run_dir)
+    root = _data_root(run_dir, config, data_root)
+    if unfreeze_epoch is None:
+        unfreeze_epoch = _unfreeze_epoch(config)
+    result = json.loads((run_dir / RESULT_NAME).read_text())
+    temperature = (result.get("calibration") or {}).get("temperature")
+    probs, targets, classes, names, paths = _oof(run_dir, root)
+    pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
+    metrics = _metrics_csv(run_dir)
+    if metrics is not None:
+        history = fg.epoch_history(metrics)
+        pictures = {"curves.png": fg.plot_curves(history, unfreeze_epoch), **pictures}
+        numbers["history"] = {k: {str(e): v for e, v in sorted(h.items())} for k, h in history.items()}
+    numbers["unfreeze_epoch"] = unfreeze_epoch
+    summary = [
+        ("validation images", numbers["images"]), ("accuracy", result.get("val/acc")),
+        ("log loss", result.get("val/logloss")), ("log loss after temperature", result.get("val/logloss_calibrated")),
+        ("temperature", temperature), *((f"ECE {k}", v) for k, v in numbers["ece"].items()),
+        ("ROC AUC", numbers.get("auc")), ("epochs", result.get("epochs")), ("fit time (s)", result.get("fit_time_s")),
+    ]  # fmt: skip
+    tables = [("Summary", ("", "value"), [r for r in summary if r[1] is not None]), _mistakes_table(numbers)]
+    return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"Run {run_dir.name}", pictures, numbers, tables)
+
+
+def _mistakes_table(numbers: dict) -> tuple[str, Sequence[str], list]:
+    rows = [(m["name"], m["true"], m["predicted"], m["p_true"]) for m in numbers["mistakes"]]
+    return "Most confident mistakes", ("image", "true", "predicted", "P(true)"), rows
+
+
+def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """The report of an assembled k-fold run: out-of-fold pictures (each fold's temperature on its rows), every
+    fold's validation log loss per epoch, and the per-fold table."""
+    run_dir = Path(run_dir)
+    config = _folder_config(run_dir)
+    root = _data_root(run_dir, config, data_root)
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    rows, _, _, _ = read_oof(run_dir / "oof.csv")
+    probs, targets, classes, names, paths = _oof(run_dir, root)
+    temps = {str(m["fold"]): m.get("temperature") for m in manifest["members"]}
+    per_row = [temps.get(r[2]) for r in rows]
+    temperature = np.array(per_row, dtype=np.float64) if all(t is not None for t in per_row) else None
+    pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
+    curves = {}
+    for member in manifest["members"]:
+        metrics = _metrics_csv(run_dir / f"fold_{member['fold']}")
+        if metrics is not None:
+            curves[f"fold {member['fold']}"] = fg.epoch_history(metrics).get("val/logloss", {})
+    if curves:
+        pictures = {"folds.png": _plot_fold_curves(curves), **pictures}
+    header = ("fold", "images", "acc", "logloss", "logloss_calibrated", "temperature")
+    fold_rows = [[m.get(k) for k in header] for m in manifest["members"]]
+    oof = manifest["oof"]
+    fold_rows.append(
+        ["oof", oof.get("images"), oof.get("acc"), oof.get("logloss"), oof.get("logloss_calibrated"), None]
+    )
+    numbers["folds"] = [dict(zip(header, r)) for r in fold_rows]
+    tables = [("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers)]
+    return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"k-fold run {run_dir.name}", pictures, numbers,
+                        tables)  # fmt: skip
+
+
+def _plot_fold_curves(curves: dict[str, dict[int, float]]) -> bytes:
+    fig = fg._figure(5.5, 3.8)
+    ax = fig.subplots()
+    for name, values in curves.items():
+        epochs = sorted(values)
+        ax.plot(epochs, [values[e] for e in epochs], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val log loss")
+    ax.set_title("validation log loss per fold")
+    ax.legend(fontsize=8)
+    return fg._png(fig)
+
+
+_SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_calibrated": 3, "val/acc": 4}
+
+
+def sweep_points(rows: Sequence[tuple], metric: str = "val/logloss") -> dict[str, list[tuple[str, float]]]:
+    """``{override key: [(value, metric of the job), ...]}`` from :func:`catdog.sweep.sweep_rows` (jobs without a
+    result left out)."""
+    column = _SWEEP_COLUMNS.get(metric, 2)
+    points: dict[str, list[tuple[str, float]]] = {}
+    for row in rows:
+        if row[column] is None:
+            continue
+        for override in row[1].split():
+            if "=" in override:
+                key, _, value = override.partition("=")
+                points.setdefault(key.lstrip("+~"), []).append((value, float(row[column])))
+    return points
+
+
+def write_sweep_report(sweep_dir: str | os.PathLike, metric: str = "val/logloss") -> Path | None:
+    """``summary.png`` beside ``summary.md``: ``metric`` of every job against each override that varies (metrics
+    other than val/logloss, val/logloss_calibrated and val/acc: val/logloss)."""
+    from catdog.sweep import sweep_rows
+
+    sweep_dir = Path(sweep_dir)
+    rows = sweep_rows(sweep_dir)
+    if not rows:
+        return None
+    metric = metric if metric in _SWEEP_COLUMNS else "val/logloss"
+    path = sweep_dir / "summary.png"
+    _write_png(path, fg.plot_metric_by_override(sweep_points(rows, metric), metric))
+    return path
+
+
+def write_evaluation_report(
+    folder: Path,
+    html_path: Path,
+    probs: np.ndarray,
+    targets: Sequence[int],
+    classes: Sequence[str],
+    names: Sequence[str],
+    paths: Sequence[str],
+    title: str,
+    summary: Sequence[tuple[str, object]] = (),
+    applied: str | None = None,
+) -> Path:
+    """``predict.py labelled=true``: the evaluation pictures of the labelled images (as predicted: TTA, ensemble and
+    temperature included)."""
+    pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, applied=applied)
+    tables = [("Summary", ("", "value"), list(summary)), _mistakes_table(numbers)]
+    return write_bundle(folder, html_path, title, pictures, numbers, tables)
+
+
+def write_folder_report(folder: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """The report of whatever ``folder`` holds: a k-fold run (manifest), a single run (result.json) or a sweep."""
+    folder = Path(folder)
+    if (folder / MANIFEST_NAME).is_file():
+        return write_kfold_report(folder, data_root)
+    if (folder / RESULT_NAME).is_file():
+        return write_run_report(folder, data_root)
+    if (folder / "summary.md").is_file() or (folder / "multirun.yaml").is_file():
+        multirun = folder / "multirun.yaml"
+        metric = OmegaConf.load(multirun).get("optimized_metric") if multirun.is_file() else None
+        path = write_sweep_report(folder, metric or "val/logloss")
+        if path is not None:
+            return path
+    from catdog.errors import DatasetError
+
+    raise DatasetError(
+        f"{folder} holds no finished run, k-fold run or sweep (no {RESULT_NAME}, {MANIFEST_NAME} or summary.md)"
+    )
+
+
+def safe_report(what: str, fn, *args, **kwargs) -> Path | None:
+    """Write a report; a failure is logged, never raised (the run's results are already written)."""
+    try:
+        path = fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a report must not fail a finished run
+        log.warning("could not write the %s report: %s: %s", what, type(exc).__name__, exc)
+        return None
+    if path is not None:
+        log.info("report: %s", path)
+    return path
