@@ -47,9 +47,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_classifier(path: str | os.PathLike):
-    """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint)."""
+    """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint).
+
+    A model file written by ``python -m catdog.export`` (``.onnx``, TorchScript) gives an
+    :class:`catdog.exported.ExportedClassifier`, which predicts the same way."""
+    from catdog.exported import exported_format, load_exported
     from catdog.models.module import ClassifierModule
 
+    fmt = exported_format(path)
+    if fmt is not None:
+        return load_exported(path, fmt)
     ckpt = read_checkpoint(path)
     hp = dict(ckpt["hyper_parameters"])
     hp["weights"] = None

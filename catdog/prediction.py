@@ -75,6 +75,8 @@ def predict_loader(
     """
     model.to(device).eval()
     dtype = autocast_dtype(precision, device)
+    # An exported model file runs as it was exported: nothing to compile.
+    compile = compile and not getattr(model, "exported", False)
     forward = torch.compile(model.predict_proba) if compile else model.predict_proba
     probs, indices = [], []
     progress = Periodic(len(loader.dataset), "predicting")
@@ -110,7 +112,7 @@ def _data_root(cfg: DictConfig, model) -> Path:
     root = OmegaConf.select(cfg, "data.dir") or model.datamodule_hparams.get("dir")
     if not root:
         raise ConfigError(
-            "input= (or data.dir=) is required: the checkpoint does not say which dataset it was trained on"
+            f"input= (or data.dir=) is required: {model.checkpoint_path} does not say which dataset it was trained on"
         )
     return Path(root)
 

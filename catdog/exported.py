@@ -1,0 +1,261 @@
+"""Predicting with a model file written by ``python -m catdog.export``: ONNX (run by ONNX Runtime) or TorchScript.
+
+What an exported file holds, in both formats:
+
+- input ``images``: a batch of RGB images ``(N, 3, S, S)``, ``S`` = the checkpoint's ``image_size``, already resized
+  and centre-cropped (see below), as float32 in [0, 1]. The TorchScript model also takes uint8 in [0, 255] (divided
+  by 255 inside); for the ONNX model divide uint8 images by 255 first. The batch size ``N`` is free unless the file
+  was exported with ``batch=N``.
+- the normalization by the checkpoint's mean / std, then the network, all in float32;
+- output ``probabilities`` ``(N, K)``: ``softmax(logits / T)``, ``T`` the temperature fitted after training (so
+  calibrated), or plain ``softmax(logits)`` when the checkpoint has none; and output ``logits`` ``(N, K)``, before any
+  temperature. The ONNX graph has both outputs; the TorchScript module returns the probabilities from ``forward`` and
+  the logits from its ``logits`` method.
+- metadata, a JSON object: the ONNX ``metadata_props`` entry ``catdog``, the TorchScript extra file ``catdog.json``.
+  It holds ``classes`` (the order of the K columns), ``image_size``, ``crop_pct``, ``resize_size``,
+  ``interpolation``, ``mean``, ``std`` and ``temperature``.
+
+The resizing stays outside the file: resize the shorter side to ``resize_size`` (= ``round(image_size /
+crop_pct)``) with ``interpolation``, antialiased, then centre-crop ``image_size``, which is what ``predict.py`` does
+from the metadata.
+
+``predict.py ckpt=model.onnx`` (or a TorchScript ``.pt``) loads the file with :func:`load_exported` into an
+:class:`ExportedClassifier`, which does for ``predict()`` what a checkpoint's ``ClassifierModule`` does: it takes the
+file's raw ``logits`` output and applies the temperature the same way, so ``calibrate=false``, ``tta=N`` (views made
+in torch and run through the file) and ensembles mixing exported files and checkpoints behave as with checkpoints.
+The file runs in float32 whatever ``precision=`` says, and ``compile=true`` does not apply to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from catdog.errors import CheckpointError
+from catdog.models.calibration import scale_logits
+from catdog.models.tta import average_views, check_tta, make_views
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+#: The ONNX ``metadata_props`` key of the JSON metadata.
+METADATA_KEY = "catdog"
+#: The TorchScript extra file holding the same JSON.
+TORCHSCRIPT_EXTRA = "catdog.json"
+FORMAT_VERSION = 1
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("probabilities", "logits")
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".torchscript")}
+INSTALL_HINT = 'pip install -e ".[export]"'
+#: Metadata keys prediction needs.
+REQUIRED_KEYS = ("classes", "image_size", "crop_pct", "interpolation", "temperature")
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """torch's deprecation notices for ``torch.jit`` (recent torch versions print them) left out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def exported_format(path: str | os.PathLike) -> str | None:
+    """``onnx`` for a ``.onnx`` file, ``torchscript`` for a TorchScript archive (whatever its suffix), else None
+    (a checkpoint)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    try:
+        if not (path.is_file() and zipfile.is_zipfile(path)):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    # torch.save archives hold data.pkl and tensors; TorchScript archives also hold code/ and constants.pkl.
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    return None
+
+
+def parse_metadata(text: str | bytes | None, path: Path) -> dict[str, Any]:
+    if not text:
+        raise CheckpointError(
+            f"{path} has no catdog metadata ({METADATA_KEY}): it was not written by python -m catdog.export"
+        )
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its catdog metadata is not valid JSON ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise CheckpointError(f"{path}: its catdog metadata lacks {missing}")
+    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was exported by a newer catdog (metadata version {meta['format_version']}); update catdog"
+        )
+    return meta
+
+
+class _OnnxRunner:
+    """An ONNX Runtime session on the CPU, or on the GPU when the device is CUDA and ONNX Runtime has its provider."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise CheckpointError(
+                f"ckpt={path} is an ONNX model; predicting with it needs onnxruntime: {INSTALL_HINT}"
+            ) from None
+        self.ort = onnxruntime
+        self.path = path
+        self.providers: list | None = None
+        self.session = None
+        self.to(torch.device("cpu"))
+
+    def metadata(self) -> str | None:
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+    def to(self, device: torch.device) -> None:
+        providers: list = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" in self.ort.get_available_providers():
+                providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDA provider here (onnxruntime-gpu): %s runs on the CPU", self.path)
+        if providers == self.providers:
+            return
+        try:
+            self.session = self.ort.InferenceSession(str(self.path), providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"cannot load ONNX model {self.path}: {str(exc).splitlines()[0]}") from None
+        self.providers = providers
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (logits,) = self.session.run([OUTPUT_NAMES[1]], {INPUT_NAME: array})
+        return torch.from_numpy(logits).to(x.device)
+
+
+class _TorchScriptRunner:
+    def __init__(self, path: Path):
+        extra = {TORCHSCRIPT_EXTRA: ""}
+        try:
+            with quiet_jit():
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:  # noqa: BLE001 - torch.jit.load raises RuntimeError and others on foreign files
+            raise CheckpointError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
+        self.module.eval()
+        self.path = path
+        self._metadata = extra[TORCHSCRIPT_EXTRA]
+        if not hasattr(self.module, "logits"):
+            raise CheckpointError(f"{path} is a TorchScript file without a logits method: not exported by catdog")
+
+    def metadata(self) -> str | bytes | None:
+        return self._metadata
+
+    def to(self, device: torch.device) -> None:
+        self.module.to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.logits(x)
+
+
+class ExportedClassifier:
+    """An exported model file with what :func:`catdog.prediction.predict` uses of a ``ClassifierModule``:
+    ``classes``, ``hparams`` (``image_size``, ``crop_pct``, ``interpolation``, ...), ``temperature``,
+    ``predict_proba(x, tta, temperature)``, ``to(device)``, ``eval()``; calling it gives the logits."""
+
+    #: predict_loader does not torch.compile an exported file.
+    exported = True
+
+    def __init__(self, path: Path, fmt: str, runner, metadata: dict[str, Any]):
+        from pytorch_lightning.utilities.parsing import AttributeDict
+
+        self.checkpoint_path = str(path)
+        self.format = fmt
+        self.metadata = metadata
+        self._runner = runner
+        self.hparams = AttributeDict(
+            classes=list(metadata["classes"]),
+            image_size=int(metadata["image_size"]),
+            crop_pct=float(metadata["crop_pct"]),
+            interpolation=str(metadata["interpolation"]),
+            mean=metadata.get("mean"),
+            std=metadata.get("std"),
+            arch=metadata.get("arch"),
+        )
+        t = metadata["temperature"]
+        self.temperature: float | None = float(t) if isinstance(t, (int, float)) and t > 0 else None
+        # An exported file does not say which dataset it was trained on: predict.py needs input= (or data.dir=).
+        self.datamodule_hparams: dict[str, Any] = {}
+        batch = metadata.get("batch")
+        self.batch: int | None = int(batch) if batch else None
+        self.device = torch.device("cpu")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.hparams.classes)
+
+    def to(self, device) -> ExportedClassifier:
+        device = torch.device(device)
+        if device != self.device:
+            self._runner.to(device)
+            self.device = device
+        return self
+
+    def eval(self) -> ExportedClassifier:
+        return self
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch is None:
+            return self._runner(x)
+        # A fixed batch size: whole batches, the last one padded with zeros.
+        out = []
+        for start in range(0, len(x), self.batch):
+            part = x[start : start + self.batch]
+            n = len(part)
+            if n < self.batch:
+                part = torch.cat([part, part.new_zeros((self.batch - n, *part.shape[1:]))])
+            out.append(self._runner(part)[:n])
+        return torch.cat(out)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw logits (N, K) of uint8 or [0, 1] float images (N, 3, S, S), in float32."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run(x.float()).float()
+
+    __call__ = logits
+
+    def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
+        """As ``ClassifierModule.predict_proba``: probabilities averaged over the plain pass and ``tta`` views, each
+        view's logits divided by ``temperature`` first when it is given."""
+        views = make_views(x, check_tta(tta), self.hparams.image_size)
+        probs = F.softmax(scale_logits(self.logits(views), temperature), dim=1)
+        return average_views(probs, tta + 1)
+
+
+def load_exported(path: str | os.PathLike, fmt: str | None = None) -> ExportedClassifier:
+    """An :class:`ExportedClassifier` for the file at ``path`` (``fmt``: ``onnx`` | ``torchscript``, default from
+    the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    fmt = fmt or exported_format(path)
+    if fmt not in FORMATS:
+        raise CheckpointError(f"{path} is neither an ONNX nor a TorchScript model")
+    runner = _OnnxRunner(path) if fmt == "onnx" else _TorchScriptRunner(path)
+    metadata = parse_metadata(runner.metadata(), path)
+    return ExportedClassifier(path, fmt, runner, metadata)
