@@ -50,9 +50,17 @@ class CSVLogger(_LightningCSVLogger):
         return self._experiment
 
 
-def metrics_file(logger) -> Path | None:
-    """The ``metrics.csv`` that ``logger`` (a Trainer's logger, or False) writes, when it is catdog's CSV logger."""
-    return Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE if isinstance(logger, CSVLogger) else None
+def csv_logger(loggers) -> CSVLogger | None:
+    """catdog's CSV logger among ``loggers`` (a Trainer's ``loggers`` list, one logger, or False), if any."""
+    candidates = loggers if isinstance(loggers, (list, tuple)) else [loggers]
+    return next((logger for logger in candidates if isinstance(logger, CSVLogger)), None)
+
+
+def metrics_file(loggers) -> Path | None:
+    """The ``metrics.csv`` that catdog's CSV logger among ``loggers`` (see :func:`csv_logger`) writes; None without
+    one."""
+    logger = csv_logger(loggers)
+    return Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE if logger is not None else None
 
 
 def _row_kept(row: dict[str, str], epoch: int, step: int) -> bool:

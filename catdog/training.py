@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelSummary, ProgressBar, StochasticWeightAveraging
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, StochasticWeightAveraging
 
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
@@ -27,6 +27,7 @@ from catdog.data.datamodule import check_data_config
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
+from catdog.loggers import build_loggers, check_loggers
 from catdog.models.calibration import calibrated_probs, calibration_record
 from catdog.models.module import check_training_args
 from catdog.models.networks import (
@@ -68,6 +69,7 @@ def check_train_config(cfg: DictConfig) -> None:
         m.get("optimizer"), m.get("finetune"), m.get("scheduler"), m.get("scheduler_interval"), m.get("mixing")
     )
     _check_averaging(cfg)
+    check_loggers(cfg)
     check_weights_available(m.arch, m.get("weights"))
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
@@ -152,16 +154,22 @@ def _check_network(cfg: DictConfig, model) -> None:
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
-    """The configured Trainer with its callbacks and logger; ``overrides`` replace any of its arguments."""
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(progress_bar())  # a bar in a terminal, plain log lines in a log file
-    summary = cfg.trainer.get("enable_model_summary", True) and not interactive()
-    if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
-        callbacks.append(ModelSummary())  # a plain table: rich's box drawing is for terminals
+    """The configured Trainer with its callbacks and loggers (``conf/logger/``: any number of them, or none);
+    ``overrides`` replace any of its arguments. Without a logger, the learning-rate monitor (which has nowhere to
+    write) is left out. Progress is a bar in a terminal and plain log lines otherwise; so is the model summary."""
+    if "logger" not in overrides:
+        overrides["logger"] = build_loggers(cfg) or False
+    if "callbacks" not in overrides:
+        callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+        if not overrides["logger"]:
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(progress_bar())
+        summary = cfg.trainer.get("enable_model_summary", True) and not interactive()
+        if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(ModelSummary())  # a plain table: rich's box drawing is for terminals
+        overrides["callbacks"] = callbacks
     kwargs = {
-        "callbacks": callbacks,
-        "logger": hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False,
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
         "plugins": [SafeCheckpointIO()],
     }
@@ -235,13 +243,22 @@ def _check_same_split(resume: str, run: Path | None, out_dir: Path, split: str) 
 def _continue_history(trainer: pl.Trainer, out_dir: Path, run: Path | None, ckpt) -> None:
     """Keep ``metrics.csv`` whole across a resume: this folder's rows up to the checkpoint ``ckpt``; resuming from
     another run's checkpoint (``run``, on the same split), that run's rows, so the new folder holds the whole
-    history."""
+    history. Only catdog's CSV logger (among any others) keeps such a history; without one, nothing is trimmed."""
     source = None if run == out_dir.resolve() else run
+    path = metrics_file(trainer.loggers)
+    if path is None:
+        if source is not None:
+            log.info("continuing %s in %s", source, out_dir)
+        if ckpt is not None:
+            log.info(
+                "no CSV logger in this run (logger.csv): the metric history is not trimmed to the checkpoint%s",
+                f" nor copied from {source}" if source is not None else "",
+            )  # fmt: skip
+        return
     if source is not None:
         log.info("continuing %s in %s (its metric history copied)", source, out_dir)
-    path = metrics_file(trainer.logger)
     theirs = None
-    if source is not None and path is not None and path.is_relative_to(out_dir):
+    if source is not None and path.is_relative_to(out_dir):
         theirs = source / path.relative_to(out_dir)
     trim_history(path, ckpt, source=theirs)
 
