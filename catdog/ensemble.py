@@ -104,10 +104,11 @@ def format_prob(value: float) -> str:
 
 
 def write_oof(
-    path: Path, datamodule, probs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, fold
+    path: Path | None, datamodule, probs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, fold
 ) -> dict[str, float]:
     """Validation predictions of the best checkpoint: ``path,label,fold,p_<class>...``, one row per image, sorted by
-    path. Returns :func:`scores` of the rows as written (the figures k-fold assembly will compute from the file)."""
+    path (``path`` None: not written). Returns :func:`scores` of the rows as written (the figures k-fold assembly will
+    compute from the file)."""
     root = Path(datamodule.root)
     classes = datamodule.classes
     val = datamodule.val_set
@@ -122,7 +123,8 @@ def write_oof(
             )
         )
     rows.sort()
-    atomic_write_text(path, csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), rows))
+    if path is not None:
+        atomic_write_text(path, csv_text(("path", "label", "fold", *(f"p_{c}" for c in classes)), rows))
     written = np.array([[float(v) for v in r[3:]] for r in rows], dtype=np.float64).reshape(len(rows), len(classes))
     return scores(written, [r[1] for r in rows], classes)
 

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, StochasticWeightAveraging
 
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data.datamodule import check_data_config
+from catdog.distributed import adopt_submitit_environment, check_distributed, is_writer, shared_seed
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
@@ -153,6 +157,11 @@ def _check_network(cfg: DictConfig, model) -> None:
     check_input_size(model.net, sizes)
 
 
+def _on_gpu(cfg: DictConfig) -> bool:
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers (``conf/logger/``: any number of them, or none);
     ``overrides`` replace any of its arguments. Without a logger, the learning-rate monitor (which has nowhere to
@@ -169,6 +178,8 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ModelSummary())  # a plain table: rich's box drawing is for terminals
         overrides["callbacks"] = callbacks
+    if cfg.trainer.get("sync_batchnorm") and "sync_batchnorm" not in overrides and not _on_gpu(cfg):
+        overrides["sync_batchnorm"] = False  # torch's SyncBatchNorm runs on GPUs only
     kwargs = {
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
         "plugins": [SafeCheckpointIO()],
@@ -299,10 +310,11 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     if resume:
         check_resume_matches(resume, model, ckpt)
         _check_same_split(resume, source, out_dir, split)
-    atomic_write_text(out_dir / "split.csv", split)
-    _continue_history(trainer, out_dir, source, ckpt)
-    if record is not None:
-        save_config_record(record, out_dir)
+    if is_writer(cfg):  # the other processes of a distributed run compute the same things and write nothing
+        atomic_write_text(out_dir / "split.csv", split)
+        _continue_history(trainer, out_dir, source, ckpt)
+        if record is not None:
+            save_config_record(record, out_dir)
     log.info(
         "precision %s (CPU bf16: %s); %s",
         trainer.precision, cpu_bf16_instructions(), f"resuming from {resume}" if resume else "fresh run",
@@ -319,6 +331,8 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
 
     ckpt_cb = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the best one (not last.ckpt's)
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    best = trainer.strategy.broadcast(best, 0)  # rank zero's choice, which wrote it
+    writer = trainer.is_global_zero
     if _swa(trainer) is not None and not trainer.fast_dev_run:
         # The averaged weights exist only now, after training: they are the result, in a checkpoint of their own.
         best = str(out_dir / "checkpoints" / SWA_NAME)
@@ -338,12 +352,13 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     if model.last_validation is not None:
         logp, targets, indices = model.last_validation
         # Scores of the rows oof.csv holds (double precision, written exactly), not the logger's float32 copy.
-        oof = write_oof(out_dir / "oof.csv", datamodule, calibrated_probs(logp, None), targets, indices, cfg.data.fold)
+        probs = calibrated_probs(logp, None)
+        oof = write_oof(out_dir / "oof.csv" if writer else None, datamodule, probs, targets, indices, cfg.data.fold)
         result["val/logloss"], result["val/acc"] = oof["logloss"], oof["acc"]
         if cfg.get("calibrate", True):
             result["calibration"] = calibration_record(logp, targets)
             result["val/logloss_calibrated"] = result["calibration"]["logloss_after"]
-            if best:
+            if best and writer:
                 save_calibration(best, result["calibration"])
     result.update(
         {
@@ -356,6 +371,8 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
             "metrics": metrics,
         }
     )
+    if not writer:
+        return result
     atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     if model.last_validation is not None:
         ft = model.hparams.finetune
@@ -379,7 +396,12 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
 
 
 # Settings added to catdog after a k-fold run may have been started, with the value such runs used.
-_ADDED_LATER = {"data.interpolation": "bilinear"}
+_ADDED_LATER = {
+    "data.interpolation": "bilinear",
+    "trainer.num_nodes": 1,
+    "trainer.strategy": "auto",
+    "trainer.sync_batchnorm": False,
+}
 # Settings that do not change what a fold computes: a k-fold run may be resumed with other values.
 _RESUME_FREE = {
     "data": {"num_workers", "eval_batch_size", "verify", "cache", "cache_dir", "demo"},
@@ -387,8 +409,9 @@ _RESUME_FREE = {
 }
 
 
-def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
-    """A k-fold folder restarted to resume must hold the same experiment (data, model, trainer, seed)."""
+def _check_kfold_settings(cfg: DictConfig, run_dir: Path, write: bool = True) -> None:
+    """A k-fold folder restarted to resume must hold the same experiment (data, model, trainer, seed); a new one
+    records it (``write``)."""
 
     def group(name: str, resolve: bool = True) -> dict:
         values = OmegaConf.to_container(cfg[name], resolve=resolve)
@@ -416,7 +439,7 @@ def _check_kfold_settings(cfg: DictConfig, run_dir: Path) -> None:
                 f"{run_dir} holds a k-fold run of another configuration (differs in {', '.join(changed)}); "
                 "resume it with the same settings or use a new output folder"
             )
-    else:
+    elif write:
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
@@ -424,8 +447,10 @@ def train_kfold(cfg: DictConfig) -> dict:
     """Train every fold in ``fold_<i>/`` (skipping finished folds, resuming an interrupted one), then assemble."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_kfold_settings(cfg, run_dir)
-    save_config_record(cfg, run_dir)
+    writer = is_writer(cfg)
+    _check_kfold_settings(cfg, run_dir, write=writer)
+    if writer:
+        save_config_record(cfg, run_dir)
     for fold in range(cfg.data.folds):
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / RESULT_NAME).is_file():
@@ -438,6 +463,8 @@ def train_kfold(cfg: DictConfig) -> dict:
             fold_cfg.ckpt_path = None
         log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, fold_dir)
         fit_one(fold_cfg, resume_dir=run_dir)
+    if not writer:
+        return None
     summary = finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
     safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
     return summary
@@ -447,7 +474,7 @@ def resolve_seed(cfg: DictConfig) -> int:
     """``cfg.seed``; ``seed=null`` draws one (logged, and saved with the run's configuration)."""
     seed = cfg.get("seed")
     if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
+        seed = shared_seed(lambda: random.SystemRandom().randrange(2**31))  # one for all processes of a run
         with open_dict(cfg):
             cfg.seed = seed
         log.info("seed=null: drew seed %d (saved in .hydra/config.yaml; seed=%d repeats this run)", seed, seed)
@@ -458,11 +485,22 @@ def resolve_seed(cfg: DictConfig) -> int:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
+    adopt_submitit_environment()
+    if not is_writer(cfg):  # another process of a distributed run: its info lines would repeat rank zero's
+        logging.getLogger("catdog").setLevel(logging.WARNING)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    check_distributed(
+        cfg,
+        multirun=hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN,
+        run_dir_given=hydra_cfg is None or any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra),
+    )
     resolve_seed(cfg)
     resolve_preprocessing(cfg)
     check_train_config(cfg)
     if cfg.data.folds and cfg.data.fold is None:
         summary = train_kfold(cfg)
+        if summary is None:  # another process of a distributed run: rank zero assembled the ensemble
+            return None
         metrics = {f"val/{k}": v for k, v in summary["oof"].items()}
     else:
         metrics = fit_one(cfg, record=cfg)

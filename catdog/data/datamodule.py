@@ -295,7 +295,9 @@ class CatDogDataModule(pl.LightningDataModule):
         # On resume Lightning builds the loader after restoring the epoch counter: start the shuffle there.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch)
-        drop_last = len(dataset) > self.hparams.batch_size
+        # Drop a last partial batch unless it is the only one (of this process's share, under DDP).
+        world = self.trainer.world_size if self.trainer is not None else 1
+        drop_last = -(-len(dataset) // world) > self.hparams.batch_size
         return make_loader(dataset, self.hparams.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:

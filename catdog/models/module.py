@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from catdog.checkpoints import checkpoint_temperature, upgrade_state_dict
 from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
+from catdog.distributed import gather_predictions
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import scale_logits
@@ -273,8 +274,10 @@ class ClassifierModule(pl.LightningModule):
             )
         self._epoch_clock[2] += len(y)
         hard = target.argmax(1) if target.ndim == 2 else target
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", (logits.argmax(1) == hard).float().mean(), on_epoch=True, batch_size=len(y))
+        # sync_dist: under DDP, the mean over every process's images (a no-op in one process)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        acc = (logits.argmax(1) == hard).float().mean()
+        self.log("train/acc", acc, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -284,8 +287,9 @@ class ClassifierModule(pl.LightningModule):
         """Training speed of the epoch, from its start to its last training batch (validation excluded)."""
         start, end, images = self._epoch_clock
         if end > start and images:
-            self.log("train/epoch_s", end - start)
-            self.log("train/images_per_s", images / (end - start))
+            self.log("train/epoch_s", end - start, sync_dist=True)
+            # under DDP: the images of every process per second
+            self.log("train/images_per_s", images / (end - start), sync_dist=True, reduce_fx="sum")
 
     def validation_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -295,15 +299,28 @@ class ClassifierModule(pl.LightningModule):
         self._val_outputs.append((logp.detach().cpu(), y.detach().cpu(), batch[2].detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_outputs:
+        outputs, self._val_outputs = self._val_outputs, []
+        if self.trainer.world_size > 1:
+            # Every rank scores the whole validation set: the same metrics, checkpoint choice and oof.csv as one
+            # process (a rank whose share was all unreadable images still takes part in the gather).
+            num_classes = len(self.hparams.classes)
+            logp, targets, indices = (
+                (torch.cat(t) for t in zip(*outputs)) if outputs
+                else (torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+            )  # fmt: skip
+            logp, targets, indices = gather_predictions(self, logp, targets, indices)
+            if len(indices) == 0:
+                return
+        elif not outputs:
             return
-        logp, targets, indices = (torch.cat(t) for t in zip(*self._val_outputs))
-        self._val_outputs = []
+        else:
+            logp, targets, indices = (torch.cat(t) for t in zip(*outputs))
         if not self.trainer.sanity_checking:
             self.last_validation = (logp, targets, indices)
         probs = logp.exp()
-        self.log("val/logloss", log_loss(probs, targets), prog_bar=True)
-        self.log("val/acc", accuracy(probs, targets), prog_bar=True)
+        # The same value on every rank (gathered predictions): sync_dist averages equal numbers.
+        self.log("val/logloss", log_loss(probs, targets), prog_bar=True, sync_dist=True)
+        self.log("val/acc", accuracy(probs, targets), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         factory = check_optimizer(self.hparams.optimizer)

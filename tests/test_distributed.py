@@ -1,0 +1,226 @@
+"""Several processes (DDP with the gloo backend on the CPU) give the result of one: the same validation metrics,
+oof.csv and temperature for a given model, each file written once, a k-fold ensemble assembled once."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+from catdog.checkpoints import read_checkpoint
+from catdog.data.datamodule import EpochShuffleSampler
+from catdog.distributed import check_distributed, gather_predictions, launch_rank
+from catdog.ensemble import split_text
+from catdog.errors import ConfigError
+from catdog.training import build_datamodule, build_model, score_checkpoint
+from tests.conftest import CONF_DIR, TINY, compose_train, make_flat, run_script
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
+TINY_CLI = [a for a in TINY if not a.startswith("trainer.enable_")]  # the CLI's own progress and summary stay
+
+
+def _oof(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="") as f:
+        return {r["path"]: [float(r["p_cat"]), float(r["p_dog"])] for r in csv.DictReader(f)}
+
+
+def _one_process_validation(run: Path, overrides):
+    """Validate ``run``'s best checkpoint in this (single) process, on the split made by the same settings (checked
+    against the run's ``split.csv``)."""
+    cfg = compose_train([*TINY, *overrides], output_dir=run)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    assert split_text(datamodule) == (run / "split.csv").read_text()
+    model = build_model(cfg, datamodule.classes)
+    score_checkpoint(cfg, model, datamodule, str(run / "checkpoints" / "best.ckpt"))
+    logp, targets, indices = model.last_validation
+    root = Path(datamodule.root)
+    paths = [Path(datamodule.val_set.paths[i]).relative_to(root).as_posix() for i in indices.tolist()]
+    return dict(zip(paths, logp.exp().tolist())), logp, targets
+
+
+def test_two_processes_validate_like_one_and_write_each_file_once(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=15, test=0)  # 6 validation images: shares of 3 per process
+    out = tmp_path / "out"
+    args = [*TINY_CLI, *DDP, f"data.dir={data}", f"paths.log_dir={out}", "data.val_fraction=0.25", "seed=7"]
+    run = run_script("train.py", args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (folder,) = (out / "train").iterdir()
+    logs = run.stdout + run.stderr
+    assert "Starting with 2 processes" in logs
+    # Rank zero alone writes and reports: each of these lines comes once.
+    assert len(re.findall(r"best checkpoint .*best\.ckpt: val/logloss", logs)) == 1
+    assert len(re.findall(r"report: .*report\.html", logs)) == 1
+    assert len(re.findall(r"epoch 1/1: train/loss", logs)) == 1
+    assert (folder / "train_ddp_process_1.log").is_file()  # the other process's own log
+
+    result = json.loads((folder / "result.json").read_text())
+    oof = _oof(folder / "oof.csv")
+    probs, logp, targets = _one_process_validation(folder, [f"data.dir={data}", "data.val_fraction=0.25", "seed=7"])
+    assert sorted(oof) == sorted(probs) and len(oof) == 8  # every validation image once, no sampler repeats
+    assert max(abs(a - b) for p in oof for a, b in zip(oof[p], probs[p])) < 1e-5
+    nll = float(torch.nn.functional.nll_loss(logp, targets))
+    assert result["val/logloss"] == pytest.approx(nll, abs=1e-5)
+    # The score that chose the checkpoint (logged during training) is the whole validation set's, not a shard's.
+    states = read_checkpoint(folder / "checkpoints" / "best.ckpt")["callbacks"]
+    chosen = next(v["best_model_score"] for k, v in states.items() if "val/logloss" in k)
+    assert float(chosen) == pytest.approx(nll, abs=1e-5)
+    from catdog.models.calibration import calibration_record
+
+    assert result["calibration"]["temperature"] == pytest.approx(
+        calibration_record(logp, targets)["temperature"], abs=1e-4
+    )
+    split = (folder / "split.csv").read_text().splitlines()
+    assert len(split) == 1 + 30 and len(set(split)) == len(split)
+
+
+def test_two_process_kfold_assembles_its_ensemble_once(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    out = tmp_path / "out"
+    args = [*TINY_CLI, *DDP, "trainer.max_epochs=1", f"data.dir={data}", f"paths.log_dir={out}", "ensemble.size=2"]
+    run = run_script("train.py", args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (folder,) = (out / "train").iterdir()
+    logs = run.stdout + run.stderr
+    assert len(re.findall(r"k-fold: OOF log loss", logs)) == 1
+    assert len(re.findall(r"training fold 2 of 2", logs)) == 1
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [m["fold"] for m in manifest["members"]] == [0, 1]
+    oof = _oof(folder / "oof.csv")
+    assert len(oof) == 12  # every labelled image once, by the fold that did not train on it
+    for fold in (0, 1):
+        fold_oof = _oof(folder / f"fold_{fold}" / "oof.csv")
+        fold_args = [f"data.dir={data}", "data.folds=2", f"data.fold={fold}"]
+        probs, _, _ = _one_process_validation(folder / f"fold_{fold}", fold_args)
+        assert sorted(fold_oof) == sorted(probs)
+        assert max(abs(a - b) for p in probs for a, b in zip(fold_oof[p], probs[p])) < 1e-5
+
+
+def test_a_multirun_with_several_processes_per_job_is_refused(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=2, test=0)
+    args = ["-m", *TINY_CLI, *DDP, f"data.dir={data}", f"paths.log_dir={tmp_path / 'out'}", "seed=1,2"]
+    run = run_script("train.py", args, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "hydra/launcher=local" in run.stdout + run.stderr
+    assert "Starting with 2 processes" not in run.stdout + run.stderr
+
+
+def test_distributed_checks(monkeypatch):
+    cfg = compose_train([*TINY, *DDP])
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    check_distributed(cfg, multirun=False)
+    with pytest.raises(ConfigError, match="hydra.launcher.tasks_per_node=2"):
+        check_distributed(cfg, multirun=True)
+    cfg.trainer.strategy = "ddp_spawn"
+    with pytest.raises(ConfigError, match="trainer.strategy=ddp_spawn"):
+        check_distributed(cfg, multirun=False)
+    cfg.trainer.strategy, cfg.seed = "ddp", None
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="seed=N"):
+        check_distributed(cfg, multirun=False)
+    cfg.seed = 3
+    with pytest.raises(ConfigError, match="hydra.run.dir=PATH"):
+        check_distributed(cfg, multirun=False, run_dir_given=False)
+    check_distributed(cfg, multirun=False, run_dir_given=True)
+    # Lightning's children: node rank x devices + local rank; torchrun's RANK wins.
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert launch_rank(2) == 3
+    monkeypatch.setenv("RANK", "5")
+    assert launch_rank(2) == 5
+
+
+def test_ddp_steps_see_the_images_of_one_process_with_n_times_the_batch():
+    """Lightning shards catdog's epoch shuffle across ranks (DistributedSamplerWrapper, no shuffle of its own): at
+    every step, the union of the ranks' batches is the one-process batch of world x batch images, and each image
+    keeps its (seed, epoch, index) augmentation seed."""
+    n, world, batch, epoch = 40, 2, 4, 3
+    one = list(EpochShuffleSampler(n, seed=11, epoch=epoch))
+    shards = []
+    for rank in range(world):
+        shuffle = EpochShuffleSampler(n, seed=11)
+        sampler = DistributedSamplerWrapper(shuffle, num_replicas=world, rank=rank, shuffle=False)
+        sampler.set_epoch(epoch)
+        shards.append(list(sampler))
+    for step in range(n // (world * batch)):
+        ranks = [set(s[step * batch : (step + 1) * batch]) for s in shards]
+        assert set.union(*ranks) == set(one[step * world * batch : (step + 1) * world * batch])
+
+
+def test_gather_drops_padding_and_repeats_in_index_order():
+    """Rank 0 holds images 0, 2, 4; rank 1 holds 1 and the sampler's repeat of 0 (its image 3 was unreadable, so its
+    share is shorter and padded for the gather)."""
+
+    class TwoRanks:
+        device = torch.device("cpu")
+
+        def __init__(self, other):
+            self.other = list(other)  # rank 1's count, logp, targets, indices, in gather order
+
+        def all_gather(self, t):
+            o = self.other.pop(0)
+            if len(o) < len(t):  # rank 1 pads its share as gather_predictions does
+                o = torch.cat([o, o.new_full((len(t) - len(o), *o.shape[1:]), -1)])
+            return torch.stack([t, o])
+
+    def share(indices):
+        idx = torch.tensor(indices)
+        return torch.stack([-idx.float(), idx.float()], 1), idx % 2, idx
+
+    rank1 = share([1, 0])
+    logp, targets, indices = gather_predictions(TwoRanks([torch.tensor([2]), *rank1]), *share([0, 2, 4]))
+    assert indices.tolist() == [0, 1, 2, 4]
+    assert logp[:, 1].tolist() == [0.0, 1.0, 2.0, 4.0]
+    assert targets.tolist() == [0, 1, 0, 0]
+
+
+def _has_submitit_launcher() -> bool:
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_submitit = pytest.mark.skipif(not _has_submitit_launcher(), reason="hydra-submitit-launcher not installed")
+
+
+@needs_submitit
+@pytest.mark.parametrize("launcher", ["slurm", "local"])
+def test_launcher_configs_follow_the_trainer(launcher):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", [f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    hydra_launcher = cfg.hydra.launcher
+    assert hydra_launcher.tasks_per_node == 4
+    if launcher == "slurm":
+        assert hydra_launcher.nodes == 2 and hydra_launcher.gpus_per_node == 4
+        assert "partition" in hydra_launcher and hydra_launcher.timeout_min == 240
+        assert hydra_launcher._target_.endswith("SlurmLauncher")
+    else:
+        assert hydra_launcher._target_.endswith("LocalLauncher")
+
+
+@needs_submitit
+def test_local_launcher_sweep_of_two_ddp_jobs_writes_its_summary(tmp_path):
+    """Two sweep points run side by side through submitit's local executor, each as 2 DDP processes."""
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    args = ["-m", "hydra/launcher=local", *TINY_CLI, *DDP, "trainer.max_epochs=1", f"data.dir={data}"]
+    run = run_script("train.py", [*args, f"paths.log_dir={tmp_path / 'out'}", "seed=1,2"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (sweep,) = (tmp_path / "out" / "train-multirun").iterdir()
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["overrides"] for r in rows] == ["seed=1", "seed=2"]
+    assert all(float(r["val/logloss"]) > 0 for r in rows)
+    assert (sweep / "summary.png").is_file()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "result.json").read_text())["val/logloss"] is not None
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.err"))
+    assert logs.count("Starting with 2 processes") == 2  # one DDP group of two tasks per job
