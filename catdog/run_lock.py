@@ -38,6 +38,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from catdog.errors import CatdogError
+from catdog.fileio import OutputWriteError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,17 @@ def _boot_id() -> str | None:
         return None
 
 
+def _boot_time() -> float | None:
+    """When this machine booted (seconds since the epoch), from /proc/stat (Linux)."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks since boot) of process ``pid`` from /proc (Linux), or None."""
     try:
@@ -106,6 +118,7 @@ def _record(token: str) -> dict:
         "boot_id": _boot_id(),
         "process_start": stat[1] if stat else None,
         "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "time": time.time(),
         "command": _command(),
         "token": token,
     }
@@ -127,12 +140,15 @@ def _read(path: Path) -> dict | None:
 
 
 def _running(record: dict) -> bool | None:
-    """Whether the process that wrote ``record`` still runs; None when it ran on another host."""
-    if record.get("host") != socket.gethostname():
+    """Whether the process that wrote ``record`` still runs; None when that cannot be checked from here (another
+    host, or Windows)."""
+    if record.get("host") != socket.gethostname() or os.name == "nt":
         return None
     boot = _boot_id()
     if record.get("boot_id") and boot and record["boot_id"] != boot:
-        return False  # written before a reboot
+        # Written before this machine booted (its process is gone), or by another machine of the same name.
+        booted, written = _boot_time(), record.get("time")
+        return False if booted is not None and isinstance(written, (int, float)) and written < booted else None
     pid = record["pid"]
     try:
         os.kill(pid, 0)
@@ -217,6 +233,15 @@ def _key(folder: str | os.PathLike) -> str:
 
 
 def _acquire(folder: Path) -> _Held:
+    try:
+        return _try_acquire(folder)
+    except OSError as exc:  # no permission, read-only or full disk: say which folder
+        if isinstance(exc, CatdogError):
+            raise
+        raise OutputWriteError(f"cannot lock {folder} (its {LOCK_NAME} file): {exc.strerror or exc}") from exc
+
+
+def _try_acquire(folder: Path) -> _Held:
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
@@ -242,8 +267,9 @@ def _acquire(folder: Path) -> _Held:
                 "another folder"
             )
         if running is None:
+            where = "a process on another host" if record.get("host") != socket.gethostname() else "a process"
             raise FolderInUseError(
-                f"{folder} is locked by a process on another host ({_holder(record)}), which cannot be checked from "
+                f"{folder} is locked by {where} ({_holder(record)}), which cannot be checked from "
                 f"{socket.gethostname()}; wait for it to finish, or once it has stopped, delete {path}"
             )
         if _remove_stale(path, record, token):

@@ -2,6 +2,7 @@
 anything is written, stale locks of dead processes taken over), and no-clobber writes that are checked and done in
 one step."""
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -10,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from catdog import run_lock
-from catdog.fileio import OutputExistsError, atomic_open, atomic_write_text
+from catdog.fileio import OutputExistsError, OutputWriteError, atomic_open, atomic_write_text
 from catdog.run_lock import LOCK_NAME, FolderInUseError, RunLogHandler, SweepFolderLock, hold_folder, run_stamp
 from catdog.sweep import register_resolvers
 from catdog.training import train
@@ -46,8 +48,8 @@ def _lock_of(folder: Path, pid: int, **fields) -> Path:
     stat = run_lock._proc_stat(pid)
     record = {
         "pid": pid, "host": socket.gethostname(), "boot_id": run_lock._boot_id(),
-        "process_start": stat[1] if stat else None, "since": "2026-01-01 12:00:00", "command": "train.py seed=1",
-        "token": "0123456789abcdef", **fields,
+        "process_start": stat[1] if stat else None, "since": "2026-01-01 12:00:00", "time": time.time(),
+        "command": "train.py seed=1", "token": "0123456789abcdef", **fields,
     }  # fmt: skip
     path = folder / LOCK_NAME
     path.write_text(json.dumps(record) + "\n")
@@ -143,8 +145,13 @@ def test_training_refuses_a_folder_another_process_holds(tmp_path, other_process
 def test_lock_of_a_dead_process_or_a_reused_pid_is_taken_over(tmp_path, caplog, other_process):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    # A live pid whose start time is not the one the lock recorded: the pid now belongs to another process.
-    cases = {"dead": {"pid": dead.pid}, "reused": {"pid": other_process.pid, "process_start": "1"}}
+    cases = {
+        "dead": {"pid": dead.pid},
+        # a live pid whose start time is not the one the lock recorded: the pid now belongs to another process
+        "reused": {"pid": other_process.pid, "process_start": "1"},
+        # written before this machine booted
+        "rebooted": {"pid": other_process.pid, "boot_id": "another boot", "time": 0.0},
+    }
     for name, fields in cases.items():
         folder = tmp_path / name
         _lock_of(folder, **fields)
@@ -160,6 +167,22 @@ def test_lock_from_another_host_is_refused_naming_the_file_to_delete(tmp_path, o
     with pytest.raises(FolderInUseError, match=message), hold_folder(tmp_path / "run"):
         pass
     assert path.is_file()
+    # Another machine of the same name (another boot, since this one booted) cannot be checked either.
+    path = _lock_of(tmp_path / "twin", other_process.pid, boot_id="another machine")
+    message = rf"locked by a process \(pid .* delete {path}$"
+    with pytest.raises(FolderInUseError, match=message), hold_folder(path.parent):
+        pass
+
+
+def test_folder_that_cannot_be_locked_is_named(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_lock.os, "open", read_only)
+        with pytest.raises(OutputWriteError, match=rf"cannot lock {tmp_path} \(its \.lock file\): Read-only"):
+            run_lock.claim(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unreadable_lock_file_is_new_for_a_moment_then_stale(tmp_path, caplog):
