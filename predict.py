@@ -5,6 +5,9 @@ from omegaconf import DictConfig
 
 from catdog.cli import run_cli
 from catdog.prediction import predict
+from catdog.sweep import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

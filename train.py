@@ -12,7 +12,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_cli(train, cfg)
+    return run_cli(train, cfg, record=False)  # train writes .hydra/ once the run is accepted
 
 
 if __name__ == "__main__":

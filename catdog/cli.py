@@ -1,17 +1,21 @@
-"""Shared entry-point behaviour: catdog's own errors (and a missing mandatory key) end the program with a one-line
-message, not a traceback; console lines that come from how catdog drives Lightning, which a user cannot act on, are
-left out (real warnings stay)."""
+"""Shared entry-point behaviour: the run folder is held by one process (catdog.run_lock) before anything is written
+there; catdog's own errors (and a missing mandatory key) end the program with a one-line message, not a traceback;
+console lines that come from how catdog drives Lightning, which a user cannot act on, are left out (real warnings
+stay)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from catdog.errors import CatdogError
+from catdog.run_folder import save_config_record
+from catdog.run_lock import hold_folder
 
 log = logging.getLogger("catdog")
 
@@ -66,10 +70,17 @@ def _missing_message(exc: MissingMandatoryValue) -> str:
     return f"{key} is required: add {key}=... to the command (see {conf})"
 
 
-def run_cli(fn, cfg):
+def run_cli(fn, cfg, record: bool = True):
+    """Run ``fn(cfg)`` holding the lock of Hydra's output folder: a process aimed at a folder another one uses stops
+    with a one-line message and writes nothing there. ``record``: write the folder's ``.hydra/`` record once it is
+    held (``train`` writes its own, once the run is accepted)."""
     quiet_console()
+    folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     try:
-        return fn(cfg)
+        with hold_folder(folder):
+            if record and folder is not None:
+                save_config_record(cfg, folder)
+            return fn(cfg)
     except Exception as exc:
         cause = _catdog_cause(exc)
         if isinstance(exc, MissingMandatoryValue):

@@ -303,8 +303,8 @@ def export(cfg: DictConfig) -> Path:
         diff = verify_torchscript(model, data) if verify else None
     if diff is not None:
         log.info("verified: largest difference of probabilities from the checkpoint on random images %.2g", diff)
-    check_writable(output, bool(cfg.overwrite))  # again: exporting takes a while
-    with atomic_open(output, "wb") as f:
+    # Checked again in the same step as the file is created: another process may have written it meanwhile.
+    with atomic_open(output, "wb", overwrite=bool(cfg.overwrite)) as f:
         f.write(data)
     log.info("wrote %s (%.1f MB)", output, len(data) / 1e6)
     print(f"wrote {output}")
@@ -315,7 +315,9 @@ def _main() -> None:
     import hydra
 
     from catdog.cli import run_cli
+    from catdog.sweep import register_resolvers
 
+    register_resolvers()
     conf = str(Path(__file__).resolve().parents[1] / "conf")
 
     @hydra.main(version_base="1.3", config_path=conf, config_name="export")

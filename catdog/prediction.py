@@ -221,7 +221,9 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members, kept)
+        return _report(
+            probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members, kept, cfg.overwrite
+        )
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
@@ -253,7 +255,9 @@ def evaluation_outputs(output: Path) -> dict[str, Path]:
     }  # fmt: skip
 
 
-def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, members, paths) -> dict[str, float]:
+def _report(
+    probs, targets, ids, classes, tta, outputs, temperatures, source, members, paths, overwrite: bool = False
+) -> dict[str, float]:
     """Score a labelled set: accuracy and log loss printed and saved, per-image predictions with their labels."""
     p, t = torch.from_numpy(probs), torch.from_numpy(targets)
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
@@ -269,15 +273,16 @@ def _report(probs, targets, ids, classes, tta, outputs, temperatures, source, me
     text = submission_text(ids, probs, classes).splitlines()
     label_of = dict(zip(ids, (classes[i] for i in targets)))
     rows = [text[0] + ",true_label"] + [f"{line},{label_of[line.split(',', 1)[0]]}" for line in text[1:]]
-    # predict() checked every output before any work
-    atomic_write_text(outputs["predictions"], "\n".join(rows) + "\n")
+    # predict() checked every output before any work; each write checks again in the same step as it creates the file
+    # (another process may have written one meanwhile): the first refused leaves the rest unwritten
+    atomic_write_text(outputs["predictions"], "\n".join(rows) + "\n", overwrite=overwrite)
     header = f"# Evaluation of {source}\n\nmembers: {', '.join(str(m) for m in members)}\n\n"
-    atomic_write_text(outputs["md"], f"{header}{table}\nMost confident mistakes:\n\n{worst}\n")
+    atomic_write_text(outputs["md"], f"{header}{table}\nMost confident mistakes:\n\n{worst}\n", overwrite=overwrite)
     record = {
         **scores, "tta": tta, "temperatures": list(temperatures), "input": str(source),
         "members": [str(m) for m in members], "classes": list(classes),
     }  # fmt: skip
-    atomic_write_text(outputs["json"], json.dumps(record, indent=2) + "\n")
+    atomic_write_text(outputs["json"], json.dumps(record, indent=2) + "\n", overwrite=overwrite)
     summary = [
         ("images", len(ids)), ("members", len(members)), ("tta", tta), ("calibrated", calibrated),
         ("accuracy", scores["accuracy"]), ("log loss", scores["log_loss"]),

@@ -4,9 +4,10 @@ written only by a run that trains there, and the command that resumes it.
 - ``csv/metrics.csv``: Lightning's ``CSVLogger`` deletes it when it finds the folder non-empty, so a resumed run
   would lose every row logged before the interruption. :class:`CSVLogger` keeps the file and appends to it;
   :func:`trim_history` first drops the rows that the resumed run is about to log again.
-- ``.hydra/``: Hydra writes its record before the task starts (even for a run that is then refused); catdog's train
+- ``.hydra/``: Hydra writes its record before the task starts (even for a run that is then refused); catdog's Hydra
   config turns that off (``hydra.output_subdir: null``) and :func:`save_config_record` writes it once the run has
-  been accepted, keeping a replaced record beside the new one.
+  been accepted (predict and export: once the process holds the folder, see :mod:`catdog.run_lock`), keeping a
+  replaced record beside the new one.
 """
 
 from __future__ import annotations

@@ -67,11 +67,12 @@ def submission_text(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str
 def write_submission(
     path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], overwrite: bool = False
 ) -> Path:
-    """Write the submission atomically; refuse to replace an existing file unless ``overwrite``."""
+    """Write the submission atomically; refuse to replace an existing file (even one another process wrote meanwhile)
+    unless ``overwrite``."""
     path = check_writable(path, overwrite)
     if probs.shape != (len(ids), len(classes)):
         raise ValueError(f"probabilities of shape {probs.shape} do not match {len(ids)} ids x {len(classes)} classes")
     if not np.isfinite(probs).all():
         raise ValueError("refusing to write non-finite probabilities")
-    atomic_write_text(path, submission_text(ids, probs, classes))
+    atomic_write_text(path, submission_text(ids, probs, classes), overwrite=overwrite)
     return path

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, csv_text, finalize_ensemble, markdown_table
 from catdog.fileio import atomic_write_text
 from catdog.report.build import safe_report, write_kfold_report, write_sweep_report
+from catdog.run_lock import run_stamp
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,12 @@ def sweep_subdir(job_num: int, fold: int | None, argv: Sequence[str] | None = No
 
 
 def register_resolvers() -> None:
-    """``${catdog.sweep_subdir:...}`` for ``hydra.sweep.subdir`` (conf/hydra/default.yaml)."""
+    """``${catdog.sweep_subdir:...}`` for ``hydra.sweep.subdir`` and ``${catdog.run_stamp:}`` for the run and sweep
+    folder names (conf/hydra/default.yaml; cached per config, as Hydra's ``${now:...}`` is)."""
     if not OmegaConf.has_resolver("catdog.sweep_subdir"):
         OmegaConf.register_new_resolver("catdog.sweep_subdir", sweep_subdir)
+    if not OmegaConf.has_resolver("catdog.run_stamp"):
+        OmegaConf.register_new_resolver("catdog.run_stamp", run_stamp, use_cache=True)
 
 
 SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/logloss_calibrated", "val/acc", "epochs", "wall_time_s")

@@ -47,6 +47,7 @@ from catdog.models.precision import cpu_bf16_instructions, resolve_precision
 from catdog.models.weights import check_weights_available, eval_preprocessing
 from catdog.report.build import safe_report, write_kfold_report, write_run_report
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
+from catdog.run_lock import holding_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -483,6 +484,7 @@ def resolve_seed(cfg: DictConfig) -> int:
     return seed
 
 
+@holding_output_folder  # one process per run folder (catdog.run_lock; held already when started by train.py)
 def train(cfg: DictConfig) -> float | None:
     """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
     adopt_submitit_environment()

@@ -98,15 +98,28 @@ def compose_predict(overrides=(), output_dir=None):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _script(script: str, args) -> tuple[list[str], dict[str, str]]:
+    """The command line of ``python <repo>/<script> args...`` and its environment (the project importable)."""
+    import sys
+
+    return [sys.executable, str(ROOT / script), *args], {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def run_script(script: str, args, cwd, timeout: int = 600):
     """Run ``python <repo>/<script> args...`` in ``cwd`` (the project importable), capturing its output."""
     import subprocess
-    import sys
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
-    )
+    command, env = _script(script, args)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def start_script(script: str, args, cwd):
+    """Start ``python <repo>/<script> args...`` in ``cwd`` without waiting: a Popen whose ``communicate()`` returns
+    its output."""
+    import subprocess
+
+    command, env = _script(script, args)
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def tiny_train_cfg(data_dir, out_dir, *extra):

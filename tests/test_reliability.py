@@ -41,11 +41,15 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "result.json").exists()
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 1  # the epoch-1 checkpoint is whole
     assert not list((run_dir / "checkpoints").glob(".*tmp"))
+    lock = json.loads((run_dir / ".lock").read_text())  # left by the killed process
 
-    # Same command, same folder: it resumes from last.ckpt on its own.
+    # Same command, same folder: it takes over the dead process's lock and resumes from last.ckpt on its own.
     resumed = run_script("train.py", [*common, f"hydra.run.dir={run_dir}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr + resumed.stdout
+    assert f"{run_dir}: took over the lock left by pid {lock['pid']}" in resumed.stdout
+    assert "which is no longer running" in (run_dir / "train.log").read_text()
+    assert not (run_dir / ".lock").exists()
     a = json.loads((tmp_path / "full" / "result.json").read_text())
     b = json.loads((run_dir / "result.json").read_text())
     assert b["val/logloss"] == pytest.approx(a["val/logloss"], abs=1e-6)

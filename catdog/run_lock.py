@@ -1,0 +1,407 @@
+"""One process per run folder: a lock file (``.lock``) that a run, prediction, export or sweep takes in its folder
+before writing anything there, and removes when it ends.
+
+- Taking it is one step: the lock file is written beside its name and hard-linked to it, which fails if the name
+  exists (``O_EXCL`` creation where the file system has no hard links). It records the process (pid, host, boot,
+  process start time, the command).
+- A process that finds the folder locked by a live process stops with :class:`FolderInUseError`, naming the folder
+  and that process, and writes nothing there.
+- A lock left by a process that no longer runs (killed with SIGKILL, a crash, a reboot) on this host is stale: the
+  next process takes it over and says so. A pid reused by another program is told apart by the process start time.
+  A lock written on another host cannot be checked from here: the message says which file to delete once that run
+  is known to have stopped.
+- The lock is re-entrant within a process (the CLI and :func:`catdog.training.train` both take it for the same
+  folder). Processes of rank > 0 of a distributed run (``RANK``, ``LOCAL_RANK``, ... as Lightning reads them) work
+  in the folder that rank 0 holds and take no lock.
+- :class:`RunLogHandler`, Hydra's run log handler in catdog (``conf/hydra/job_logging/catdog.yaml``), opens
+  ``train.log`` / ``predict.log`` only once the process holds its folder, so a refused process leaves no line there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import logging
+import os
+import secrets
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from catdog.errors import CatdogError
+from catdog.fileio import OutputWriteError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+# A lock file without a readable record is taken as being written (by a file system without hard links, where the
+# record follows the creation) for this long, then as stale.
+UNREADABLE_GRACE_S = 10.0
+# Lightning's order: the first of these that is set is the process's global rank.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+class FolderInUseError(CatdogError):
+    """Another live process holds the run folder's lock."""
+
+
+def run_stamp() -> str:
+    """The name of a new run or sweep folder: local time to the millisecond and six random hex digits, e.g.
+    ``2026-11-25_14-47-12-483_5e0c2a``. Names sort by start time; two processes started in the same millisecond (on
+    one host or several) get different names, and the lock refuses the one-in-16-million collision."""
+    now = datetime.now()
+    return f"{now:%Y-%m-%d_%H-%M-%S}-{now.microsecond // 1000:03d}_{secrets.token_hex(3)}"
+
+
+def secondary_rank() -> bool:
+    """Whether this process is rank > 0 of a distributed run."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None:
+            try:
+                return int(value) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _boot_time() -> float | None:
+    """When this machine booted (seconds since the epoch), from /proc/stat (Linux)."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of process ``pid`` from /proc (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _command() -> str:
+    args = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    return _shorten(" ".join(shlex.quote(a) for a in args), 2000)
+
+
+def _record(token: str) -> dict:
+    stat = _proc_stat(os.getpid())
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "process_start": stat[1] if stat else None,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "time": time.time(),
+        "command": _command(),
+        "token": token,
+    }
+
+
+def _read(path: Path) -> dict | None:
+    """The lock's record; None when there is no lock file, {} when it cannot be read as one."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else {}
+
+
+def _running(record: dict) -> bool | None:
+    """Whether the process that wrote ``record`` still runs; None when that cannot be checked from here (another
+    host, or Windows)."""
+    if record.get("host") != socket.gethostname() or os.name == "nt":
+        return None
+    boot = _boot_id()
+    if record.get("boot_id") and boot and record["boot_id"] != boot:
+        # Written before this machine booted (its process is gone), or by another machine of the same name.
+        booted, written = _boot_time(), record.get("time")
+        return False if booted is not None and isinstance(written, (int, float)) and written < booted else None
+    pid = record["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    # a killed process not yet reaped by its parent, or the pid now belongs to another process
+    return stat[0] not in ("Z", "X") and record.get("process_start") in (None, stat[1])
+
+
+def _holder(record: dict) -> str:
+    command = _shorten(str(record.get("command")), 160)
+    return f"pid {record['pid']} on host {record.get('host')}, running since {record.get('since')}: {command}"
+
+
+def _create(path: Path, text: str, token: str) -> bool:
+    """Create the lock file ``path`` holding ``text`` unless it exists, in one step; whether this call created it."""
+    tmp = path.with_name(f"{path.name}.{token}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: claim the name, then write the record into it
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _remove_stale(path: Path, stale: dict, token: str) -> bool:
+    """Remove the lock file ``path`` if it still holds the record ``stale``: it is moved aside first (one step), and
+    put back if it turns out to be a lock another process took meanwhile."""
+    aside = path.with_name(f"{path.name}.{token}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if _read(aside) == stale:
+        os.unlink(aside)
+        return True
+    with contextlib.suppress(OSError):
+        os.link(aside, path)
+    with contextlib.suppress(OSError):
+        os.unlink(aside)
+    return False
+
+
+@dataclass
+class _Held:
+    path: Path
+    token: str
+    pid: int
+    made_folder: bool
+    count: int = 0
+
+
+_held: dict[str, _Held] = {}
+_owned: set[str] = set()  # folders this process has held (its run log may be written there)
+
+
+def _key(folder: str | os.PathLike) -> str:
+    return os.path.realpath(folder)
+
+
+def _acquire(folder: Path) -> _Held:
+    try:
+        return _try_acquire(folder)
+    except OSError as exc:  # no permission, read-only or full disk: say which folder
+        if isinstance(exc, CatdogError):
+            raise
+        raise OutputWriteError(f"cannot lock {folder} (its {LOCK_NAME} file): {exc.strerror or exc}") from exc
+
+
+def _try_acquire(folder: Path) -> _Held:
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    token = secrets.token_hex(8)
+    text = json.dumps(_record(token)) + "\n"
+    for _ in range(20):
+        record = _read(path)
+        if record is None:
+            if _create(path, text, token):
+                return _Held(path, token, os.getpid(), made)
+            continue
+        if not record:
+            age = time.time() - path.stat().st_mtime if path.exists() else 0.0
+            if age < UNREADABLE_GRACE_S:
+                raise FolderInUseError(f"{folder} is being claimed by another process (its lock file {path} is new)")
+            if _remove_stale(path, record, token):
+                log.warning("%s: took over its lock file %s, which held no readable record", folder, path)
+            continue
+        running = _running(record)
+        if running:
+            raise FolderInUseError(
+                f"{folder} is in use by another process ({_holder(record)}); wait for it to finish or choose "
+                "another folder"
+            )
+        if running is None:
+            where = "a process on another host" if record.get("host") != socket.gethostname() else "a process"
+            raise FolderInUseError(
+                f"{folder} is locked by {where} ({_holder(record)}), which cannot be checked from "
+                f"{socket.gethostname()}; wait for it to finish, or once it has stopped, delete {path}"
+            )
+        if _remove_stale(path, record, token):
+            log.warning(
+                "%s: took over the lock left by pid %s (%s, since %s), which is no longer running",
+                folder, record["pid"], record.get("host"), record.get("since"),
+            )  # fmt: skip
+    raise FolderInUseError(f"{folder}: could not take its lock {path} (other processes kept taking it)")
+
+
+def _release(held: _Held) -> None:
+    record = _read(held.path)
+    if record and record.get("token") == held.token:
+        with contextlib.suppress(OSError):
+            os.unlink(held.path)
+    if held.made_folder:
+        with contextlib.suppress(OSError):
+            held.path.parent.rmdir()  # only if empty: a folder made for a run that wrote nothing
+
+
+def claim(folder: str | os.PathLike) -> None:
+    """Take (or, held already by this process, take again) the lock of ``folder``, creating the folder; raises
+    :class:`FolderInUseError` when another process holds it. Each claim is undone by one :func:`release`."""
+    if secondary_rank():
+        return
+    key = _key(folder)
+    held = _held.get(key)
+    if held is None:
+        held = _held[key] = _acquire(Path(folder))
+        _owned.add(key)
+    held.count += 1
+
+
+def release(folder: str | os.PathLike) -> None:
+    """Undo one :func:`claim`; the last removes the lock file."""
+    key = _key(folder)
+    held = _held.get(key)
+    if held is None:
+        return
+    held.count -= 1
+    if held.count <= 0:
+        del _held[key]
+        _release(held)
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike | None) -> Iterator[None]:
+    """Hold the lock of ``folder`` (see :func:`claim`) for the duration of the block; None: no folder, no lock."""
+    if folder is None:
+        yield
+        return
+    claim(folder)
+    try:
+        yield
+    finally:
+        release(folder)
+
+
+def holding_output_folder(fn):
+    """Decorate ``fn(cfg, ...)`` to run holding the lock of ``cfg.paths.output_dir``."""
+
+    @functools.wraps(fn)
+    def held(cfg, *args, **kwargs):
+        with hold_folder(cfg.paths.output_dir):
+            return fn(cfg, *args, **kwargs)
+
+    return held
+
+
+def owns(folder: str | os.PathLike) -> bool:
+    """Whether this process holds (or held) the lock of ``folder``, or works for the rank 0 that does."""
+    return secondary_rank() or _key(folder) in _owned
+
+
+@atexit.register
+def _release_all() -> None:
+    """Locks still held when the interpreter exits (an error that skipped the normal release): removed, by the
+    process that took them only (not by a forked child)."""
+    for key, held in list(_held.items()):
+        if held.pid == os.getpid():
+            del _held[key]
+            _release(held)
+
+
+class RunLogHandler(logging.FileHandler):
+    """Hydra's run log file (``train.log``, ``predict.log``): opened only once this process holds the folder's lock.
+    Records logged before that are written then; a process refused the folder (or that never takes its lock) writes
+    nothing there."""
+
+    MAX_HELD = 10_000
+
+    def __init__(self, filename, mode: str = "a", encoding=None, delay: bool = True, errors=None):
+        super().__init__(filename, mode, encoding, delay=True, errors=errors)
+        self._waiting: list[logging.LogRecord] | None = []
+
+    def _open_if_owned(self) -> bool:
+        if self._waiting is None:
+            return True
+        if not owns(os.path.dirname(self.baseFilename)):
+            return False
+        waiting, self._waiting = self._waiting, None
+        for record in waiting:
+            super().emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._open_if_owned():
+            super().emit(record)
+        elif len(self._waiting) < self.MAX_HELD:
+            self._waiting.append(record)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if not self._open_if_owned():
+                self._waiting = []  # never this process's folder: its records are dropped
+            super().close()
+        finally:
+            self.release()
+
+
+class SweepFolderLock(Callback):
+    """Holds the lock of a multirun's sweep folder from before Hydra writes there (``multirun.yaml``) until the
+    sweep's summary is written (conf/hydra/default.yaml lists it before ``catdog.sweep.SweepSummary``: Hydra calls the
+    end hooks in reverse order). Each job holds its own folder's lock as well."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        try:
+            claim(config.hydra.sweep.dir)
+        except FolderInUseError as exc:
+            logging.getLogger("catdog").error("%s", exc)
+            sys.exit(2)  # Hydra turns an exception raised in a callback into a warning and goes on
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        release(config.hydra.sweep.dir)
