@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from catdog.distributed import adopt_submitit_environment
 from catdog.errors import CatdogError
 from catdog.run_folder import save_config_record
 from catdog.run_lock import hold_folder
@@ -75,6 +76,7 @@ def run_cli(fn, cfg, record: bool = True):
     with a one-line message and writes nothing there. ``record``: write the folder's ``.hydra/`` record once it is
     held (``train`` writes its own, once the run is accepted)."""
     quiet_console()
+    adopt_submitit_environment()  # a task of a multi-task submitit job learns its rank before taking the lock
     folder = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     try:
         with hold_folder(folder):

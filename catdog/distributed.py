@@ -31,13 +31,16 @@ def _int_env(*names: str) -> int | None:
 
 def launch_rank(devices_per_node: int | None = None) -> int:
     """This process's global rank, from the environment its launcher set (before any ``Trainer`` exists):
-    ``RANK`` (torchrun, submitit), ``SLURM_PROCID`` (srun), else Lightning's own children (``NODE_RANK`` x devices
-    + ``LOCAL_RANK``); 0 for a process started by hand."""
+    ``RANK`` (torchrun, submitit), ``SLURM_PROCID`` (srun), ``JSM_NAMESPACE_RANK`` (jsrun), else Lightning's own
+    children (``NODE_RANK`` x devices + ``LOCAL_RANK``; ``devices_per_node`` unknown: a count that is > 0 on every node
+    but the first); 0 for a process started by hand."""
     rank = _int_env("RANK")
     if rank is not None:
         return rank
     if (_int_env("SLURM_NTASKS") or 1) > 1:
         return _int_env("SLURM_PROCID") or 0
+    if _int_env("JSM_NAMESPACE_RANK") is not None:  # LSF's jsrun
+        return _int_env("JSM_NAMESPACE_RANK")
     node = _int_env("NODE_RANK", "GROUP_RANK") or 0
     return node * (devices_per_node or 1) + (_int_env("LOCAL_RANK") or 0)
 

@@ -11,7 +11,7 @@ before writing anything there, and removes when it ends.
   A lock written on another host cannot be checked from here: the message says which file to delete once that run
   is known to have stopped.
 - The lock is re-entrant within a process (the CLI and :func:`catdog.training.train` both take it for the same
-  folder). Processes of rank > 0 of a distributed run (``RANK``, ``LOCAL_RANK``, ... as Lightning reads them) work
+  folder). Processes of rank > 0 of a distributed run (:func:`catdog.distributed.launch_rank`) work
   in the folder that rank 0 holds and take no lock.
 - :class:`RunLogHandler`, Hydra's run log handler in catdog (``conf/hydra/job_logging/catdog.yaml``), opens
   ``train.log`` / ``predict.log`` only once the process holds its folder, so a refused process leaves no line there.
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from catdog.distributed import launch_rank
 from catdog.errors import CatdogError
 from catdog.fileio import OutputWriteError
 
@@ -46,8 +47,6 @@ LOCK_NAME = ".lock"
 # A lock file without a readable record is taken as being written (by a file system without hard links, where the
 # record follows the creation) for this long, then as stale.
 UNREADABLE_GRACE_S = 10.0
-# Lightning's order: the first of these that is set is the process's global rank.
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
 class FolderInUseError(CatdogError):
@@ -63,15 +62,8 @@ def run_stamp() -> str:
 
 
 def secondary_rank() -> bool:
-    """Whether this process is rank > 0 of a distributed run."""
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None:
-            try:
-                return int(value) > 0
-            except ValueError:
-                return False
-    return False
+    """Whether this process is rank > 0 of a distributed run (any process of a node other than the first)."""
+    return launch_rank() > 0
 
 
 def _boot_id() -> str | None:
