@@ -138,7 +138,8 @@ class SweepSummary(Callback):
             except Exception as exc:  # noqa: BLE001 - a summary must not hide the sweep's results
                 log.warning("could not assemble the k-fold ensemble in %s: %s", sweep_dir, exc)
             else:
-                safe_report("k-fold", write_kfold_report, sweep_dir, OmegaConf.select(config, "data.dir"))
+                if OmegaConf.select(config, "report", default=True):
+                    safe_report("k-fold", write_kfold_report, sweep_dir, OmegaConf.select(config, "data.dir"))
         if write_sweep_summary(sweep_dir) is not None:
             metric = OmegaConf.select(config, "optimized_metric") or "val/logloss"
             safe_report("sweep", write_sweep_report, sweep_dir, metric)

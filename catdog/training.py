@@ -375,7 +375,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     if not writer:
         return result
     atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
-    if model.last_validation is not None:
+    if model.last_validation is not None and cfg.get("report", True):
         ft = model.hparams.finetune
         unfreeze = ft["head_epochs"] if ft["head_epochs"] > 0 and ft["blocks"] != 0 else None
         safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze)
@@ -467,7 +467,8 @@ def train_kfold(cfg: DictConfig) -> dict:
     if not writer:
         return None
     summary = finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
-    safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
+    if cfg.get("report", True):
+        safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
     return summary
 
 

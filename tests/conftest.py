@@ -31,6 +31,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
+    "report=false",  # a report takes seconds to draw: tests that check one turn it on
 ]
 
 

@@ -47,6 +47,7 @@ def test_two_processes_validate_like_one_and_write_each_file_once(tmp_path):
     data = make_flat(tmp_path / "data", per_class=15, test=0)  # 6 validation images: shares of 3 per process
     out = tmp_path / "out"
     args = [*TINY_CLI, *DDP, f"data.dir={data}", f"paths.log_dir={out}", "data.val_fraction=0.25", "seed=7"]
+    args.append("report=true")
     run = run_script("train.py", args, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     (folder,) = (out / "train").iterdir()

@@ -112,7 +112,7 @@ def _kfold_sweep(data, log_dir, *sweep):
         "-m", "experiment=vgg16_bn_kfold", "ensemble.size=2", f"data.dir={data}", "model.weights=null",
         "model.width=0.0625", "model.head_hidden=8", "model.finetune.head_epochs=0", "data.image_size=32",
         "data.batch_size=4", "data.num_workers=0", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", f"paths.log_dir={log_dir}", *sweep,
+        "trainer.enable_model_summary=false", "report=false", f"paths.log_dir={log_dir}", *sweep,
     ]  # fmt: skip
     run = run_script("train.py", args, log_dir.parent)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -121,7 +121,7 @@ def _kfold_sweep(data, log_dir, *sweep):
 
 def test_multirun_over_folds_and_sweep_summary(tmp_path):
     data = make_flat(tmp_path / "data", per_class=6, test=2)
-    sweep = _kfold_sweep(data, tmp_path / "out", "data.fold=0,1")
+    sweep = _kfold_sweep(data, tmp_path / "out", "data.fold=0,1", "report=true")
     assert sorted(p.name for p in sweep.glob("fold_*")) == ["fold_0", "fold_1"]
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert [m["checkpoint"] for m in manifest["members"]] == [f"fold_{i}/checkpoints/best.ckpt" for i in (0, 1)]

@@ -77,7 +77,8 @@ def test_temperature_scaling_of_probabilities():
 def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     data = make_flat(tmp_path / "data", per_class=10, test=0)
     run = tmp_path / "run"
-    train(tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.finetune.head_epochs=1", "model.finetune.blocks=2"))
+    overrides = ["trainer.max_epochs=2", "model.finetune.head_epochs=1", "model.finetune.blocks=2", "report=true"]
+    train(tiny_train_cfg(data, run, *overrides))
     numbers = assert_report(
         run / "report.html", {"curves.png", "confusion.png", "mistakes.png", "reliability.png", "roc.png"}
     )
@@ -105,7 +106,7 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
 def test_kfold_report_and_per_fold_table(tmp_path):
     data = make_flat(tmp_path / "data", per_class=6, test=0)
     run = tmp_path / "kfold"
-    train(tiny_train_cfg(data, run, "ensemble.size=2"))
+    train(tiny_train_cfg(data, run, "ensemble.size=2", "report=true"))
     numbers = assert_report(
         run / "report.html", {"folds.png", "confusion.png", "mistakes.png", "reliability.png", "roc.png"}
     )

@@ -202,18 +202,20 @@ def plot_roc(data: dict, positive: str) -> bytes:
 
 
 def plot_mistakes(items: Sequence[dict], columns: int = 4) -> bytes:
-    """A grid of ``items`` (``path``, ``name``, ``true``, ``predicted``, ``p_true``): thumbnail and caption."""
+    """A grid of ``items`` (``path``, ``name``, ``true``, ``predicted``, ``p_true``): thumbnail and caption. Cells are
+    placed by hand (no layout engine: it would measure every caption, several times over)."""
+    from matplotlib.figure import Figure
     from PIL import Image
 
     n = max(1, len(items))
-    rows = math.ceil(n / columns)
-    fig = _figure(3.0 * min(columns, n), 3.2 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, min(columns, n))).ravel()
-    for ax in axes:
-        ax.axis("off")
+    cols, rows = min(columns, n), math.ceil(n / columns)
+    fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
     if not items:
-        axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    for ax, item in zip(axes, items):
+        fig.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    for i, item in enumerate(items):
+        left, top = (i % cols) / cols, 1 - (i // cols) / rows
+        ax = fig.add_axes((left + 0.05 / cols, top - 0.97 / rows, 0.9 / cols, 0.74 / rows))
+        ax.axis("off")
         try:
             with Image.open(item["path"]) as img:
                 img = img.convert("RGB")
@@ -221,10 +223,9 @@ def plot_mistakes(items: Sequence[dict], columns: int = 4) -> bytes:
                 ax.imshow(np.asarray(img))
         except (OSError, ValueError):
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=8)
-        ax.set_title(
-            f"{_short_name(item['name'])}\ntrue {item['true']}, P {item['p_true']:.3f}\npredicted {item['predicted']}",
-            fontsize=8,
-        )
+        name, truth, p, predicted = _short_name(item["name"]), item["true"], item["p_true"], item["predicted"]
+        caption = f"{name}\ntrue {truth}, P {p:.3f}\npredicted {predicted}"
+        fig.text(left + 0.5 / cols, top - 0.02 / rows, caption, ha="center", va="top", fontsize=8)
     return _png(fig)
 
 
