@@ -49,10 +49,12 @@ NOISE_WARNINGS = (
 
 
 class _NoAdvert(logging.Filter):
-    """Lightning's "Tip: ... litlogger" line, printed once per Trainer (so once per fold and per sweep job)."""
+    """Lightning's "Tip: ... litlogger" line, printed once per Trainer (so once per fold and per sweep job), and its
+    note that catdog's own plain model summary (in logs) replaces its default one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return "litlogger" not in message and "Skipping setting a default `ModelSummary`" not in message
 
 
 def quiet_console() -> None:

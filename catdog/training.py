@@ -22,6 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, StochasticWeightAveraging
 
 from catdog.callbacks import interactive, progress_bar
@@ -316,9 +317,10 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         _continue_history(trainer, out_dir, source, ckpt)
         if record is not None:
             save_config_record(record, out_dir)
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
     log.info(
-        "precision %s (CPU bf16: %s); %s",
-        trainer.precision, cpu_bf16_instructions(), f"resuming from {resume}" if resume else "fresh run",
+        "precision %s%s; %s", trainer.precision, f" (CPU bf16: {cpu_bf16_instructions()})" if on_cpu else "",
+        f"resuming from {resume}" if resume else "fresh run",
     )  # fmt: skip
     fit_start = time.time()
     try:
