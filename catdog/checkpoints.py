@@ -90,7 +90,11 @@ def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:
     """The fitted temperature saved in a checkpoint, or None when it has none."""
     record = ckpt.get(CALIBRATION_KEY)
-    t = record.get("temperature") if isinstance(record, dict) else None
+    return valid_temperature(record.get("temperature") if isinstance(record, dict) else None)
+
+
+def valid_temperature(t) -> float | None:
+    """``t`` as a temperature: a positive number, else None (none fitted)."""
     return float(t) if isinstance(t, (int, float)) and t > 0 else None
 
 

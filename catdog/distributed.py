@@ -66,9 +66,15 @@ def world_size(cfg: DictConfig) -> int:
     return (devices_per_node(cfg) or 1) * int(cfg.trainer.get("num_nodes") or 1)
 
 
+def secondary_rank() -> bool:
+    """Whether this process is rank > 0 of a distributed run (any process of a node other than the first: whether
+    the rank is 0 does not depend on the devices per node)."""
+    return launch_rank() > 0
+
+
 def is_writer(cfg: DictConfig) -> bool:
     """Whether this process writes the run's files (global rank zero)."""
-    return launch_rank(devices_per_node(cfg)) == 0
+    return not secondary_rank()
 
 
 def externally_launched() -> bool:
@@ -79,7 +85,7 @@ def externally_launched() -> bool:
 def shared_seed(draw) -> int:
     """The seed of a ``seed=null`` run, the same in every process: rank zero calls ``draw()`` and records the result
     in the environment, which the processes Lightning starts later inherit."""
-    if launch_rank() > 0:
+    if secondary_rank():
         inherited = _int_env(SEED_ENV)
         if inherited is None:
             raise ConfigError(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from catdog.data.transforms import eval_resize_size
+from catdog.data.transforms import eval_resize_size, normalize
 from catdog.errors import CheckpointError, ConfigError
 from catdog.exported import (
     FORMAT_VERSION,
@@ -72,9 +72,7 @@ class ExportModule(nn.Module):
 
     @torch.jit.export
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div(255.0)
-        x = (x - self.mean) / self.std
+        x = normalize(x, self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x).float()
@@ -103,7 +101,7 @@ def export_module(model, net: nn.Module | None = None) -> ExportModule:
     ).eval()
 
 
-def export_metadata(model, fmt: str, batch: int | None, source: str, opset: int | None = None) -> dict[str, Any]:
+def export_metadata(model, fmt: str, batch: int | None, source: str) -> dict[str, Any]:
     """The JSON metadata stored in the file: what predicting with it needs, and its input / output contract."""
     hp = model.hparams
     size = int(hp.image_size)
@@ -130,7 +128,7 @@ def export_metadata(model, fmt: str, batch: int | None, source: str, opset: int 
             OUTPUT_NAMES[0]: "(N, K) softmax(logits / temperature) (temperature 1 when null), columns in classes order",
             OUTPUT_NAMES[1]: "(N, K) logits, before the temperature",
         },
-        "opset": opset,  # ONNX: the opset written
+        "opset": None,  # ONNX: the opset written (set by onnx_bytes)
         "source_checkpoint": source,
         "torch": torch.__version__,
     }
@@ -208,7 +206,7 @@ def torchscript_bytes(model, metadata: dict[str, Any]) -> bytes:
     """The saved TorchScript module with ``metadata`` as its extra file ``catdog.json``."""
     size = int(model.hparams.image_size)
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    example = (example - model.mean) / model.std
+    example = normalize(example, model.mean, model.std)
     if model.hparams.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
     buffer = io.BytesIO()
@@ -290,7 +288,7 @@ def export(cfg: DictConfig) -> Path:
     check_dependencies(fmt, verify)
     model = load_classifier(ckpt)
     batch = cfg.get("batch")
-    metadata = export_metadata(model, fmt, batch, str(ckpt), cfg.get("opset"))
+    metadata = export_metadata(model, fmt, batch, str(ckpt))
     log.info(
         "exporting %s (%s, %d px, classes %s, %s) to %s", ckpt, model.hparams.arch, model.hparams.image_size,
         model.classes, f"temperature {model.temperature:.3f}" if model.temperature else "no temperature", fmt,

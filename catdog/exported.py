@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from catdog.checkpoints import valid_temperature
 from catdog.errors import CheckpointError
-from catdog.models.calibration import scale_logits
-from catdog.models.tta import average_views, check_tta, make_views
+from catdog.models.tta import predict_views
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +182,6 @@ class ExportedClassifier:
         from pytorch_lightning.utilities.parsing import AttributeDict
 
         self.checkpoint_path = str(path)
-        self.format = fmt
-        self.metadata = metadata
         self._runner = runner
         self.hparams = AttributeDict(
             classes=list(metadata["classes"]),
@@ -195,8 +192,7 @@ class ExportedClassifier:
             std=metadata.get("std"),
             arch=metadata.get("arch"),
         )
-        t = metadata["temperature"]
-        self.temperature: float | None = float(t) if isinstance(t, (int, float)) and t > 0 else None
+        self.temperature = valid_temperature(metadata["temperature"])
         # An exported file does not say which dataset it was trained on: predict.py needs input= (or data.dir=).
         self.datamodule_hparams: dict[str, Any] = {}
         batch = metadata.get("batch")
@@ -242,9 +238,7 @@ class ExportedClassifier:
     def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
         """As ``ClassifierModule.predict_proba``: probabilities averaged over the plain pass and ``tta`` views, each
         view's logits divided by ``temperature`` first when it is given."""
-        views = make_views(x, check_tta(tta), self.hparams.image_size)
-        probs = F.softmax(scale_logits(self.logits(views), temperature), dim=1)
-        return average_views(probs, tta + 1)
+        return predict_views(self.logits, x, tta, temperature, self.hparams.image_size)
 
 
 def load_exported(path: str | os.PathLike, fmt: str | None = None) -> ExportedClassifier:

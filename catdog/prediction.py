@@ -79,16 +79,16 @@ def predict_loader(
     compile = compile and not getattr(model, "exported", False)
     forward = torch.compile(model.predict_proba) if compile else model.predict_proba
     probs, indices = [], []
-    progress = Periodic(len(loader.dataset), "predicting")
-    for x, _, idx in loader:
-        progress.update(len(idx))
-        if x.numel() == 0:
-            continue
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            p = forward(x, tta, temperature)
-        probs.append(p.float().cpu())
-        indices.append(idx)
+    with Periodic(len(loader.dataset), "predicting") as progress:
+        for x, _, idx in loader:
+            progress.update(len(idx))
+            if x.numel() == 0:
+                continue
+            x = x.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                p = forward(x, tta, temperature)
+            probs.append(p.float().cpu())
+            indices.append(idx)
     if not probs:
         return np.zeros((0, len(model.classes))), np.zeros(0, dtype=np.int64)
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(indices).numpy()

@@ -11,7 +11,7 @@ before writing anything there, and removes when it ends.
   A lock written on another host cannot be checked from here: the message says which file to delete once that run
   is known to have stopped.
 - The lock is re-entrant within a process (the CLI and :func:`catdog.training.train` both take it for the same
-  folder). Processes of rank > 0 of a distributed run (:func:`catdog.distributed.launch_rank`) work
+  folder). Processes of rank > 0 of a distributed run (:func:`catdog.distributed.secondary_rank`) work
   in the folder that rank 0 holds and take no lock.
 - :class:`RunLogHandler`, Hydra's run log handler in catdog (``conf/hydra/job_logging/catdog.yaml``), opens
   ``train.log`` / ``predict.log`` only once the process holds its folder, so a refused process leaves no line there.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from catdog.distributed import launch_rank
+from catdog.distributed import secondary_rank
 from catdog.errors import CatdogError
 from catdog.fileio import OutputWriteError
 
@@ -59,11 +59,6 @@ def run_stamp() -> str:
     one host or several) get different names, and the lock refuses the one-in-16-million collision."""
     now = datetime.now()
     return f"{now:%Y-%m-%d_%H-%M-%S}-{now.microsecond // 1000:03d}_{secrets.token_hex(3)}"
-
-
-def secondary_rank() -> bool:
-    """Whether this process is rank > 0 of a distributed run (any process of a node other than the first)."""
-    return launch_rank() > 0
 
 
 def _boot_id() -> str | None:
@@ -246,7 +241,10 @@ def _try_acquire(folder: Path) -> _Held:
                 return _Held(path, token, os.getpid(), made)
             continue
         if not record:
-            age = time.time() - path.stat().st_mtime if path.exists() else 0.0
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
             if age < UNREADABLE_GRACE_S:
                 raise FolderInUseError(f"{folder} is being claimed by another process (its lock file {path} is new)")
             if _remove_stale(path, record, token):
@@ -353,14 +351,15 @@ class RunLogHandler(logging.FileHandler):
 
     MAX_HELD = 10_000
 
-    def __init__(self, filename, mode: str = "a", encoding=None, delay: bool = True, errors=None):
+    def __init__(self, filename, mode: str = "a", encoding=None, errors=None):
         super().__init__(filename, mode, encoding, delay=True, errors=errors)
         self._waiting: list[logging.LogRecord] | None = []
+        self._folder_key = _key(os.path.dirname(self.baseFilename))
 
     def _open_if_owned(self) -> bool:
         if self._waiting is None:
             return True
-        if not owns(os.path.dirname(self.baseFilename)):
+        if not (secondary_rank() or self._folder_key in _owned):
             return False
         waiting, self._waiting = self._waiting, None
         for record in waiting:

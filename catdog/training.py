@@ -18,7 +18,6 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -28,7 +27,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, Progr
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data.datamodule import check_data_config
-from catdog.distributed import adopt_submitit_environment, check_distributed, is_writer, shared_seed
+from catdog.distributed import check_distributed, is_writer, shared_seed
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
@@ -44,9 +43,9 @@ from catdog.models.networks import (
     uses_batchnorm,
 )
 from catdog.models.optim import plain
-from catdog.models.precision import cpu_bf16_instructions, resolve_precision
+from catdog.models.precision import cpu_bf16_instructions, resolve_precision, uses_cuda
 from catdog.models.weights import check_weights_available, eval_preprocessing
-from catdog.report.build import safe_report, write_kfold_report, write_run_report
+from catdog.report.build import safe_report, unfreeze_epoch, write_kfold_report, write_run_report
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 from catdog.run_lock import holding_output_folder
 
@@ -159,11 +158,6 @@ def _check_network(cfg: DictConfig, model) -> None:
     check_input_size(model.net, sizes)
 
 
-def _on_gpu(cfg: DictConfig) -> bool:
-    accelerator = str(cfg.trainer.get("accelerator") or "auto")
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
 def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers (``conf/logger/``: any number of them, or none);
     ``overrides`` replace any of its arguments. Without a logger, the learning-rate monitor (which has nowhere to
@@ -180,7 +174,8 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ModelSummary())  # a plain table: rich's box drawing is for terminals
         overrides["callbacks"] = callbacks
-    if cfg.trainer.get("sync_batchnorm") and "sync_batchnorm" not in overrides and not _on_gpu(cfg):
+    on_gpu = uses_cuda(str(cfg.trainer.get("accelerator") or "auto"))
+    if cfg.trainer.get("sync_batchnorm") and "sync_batchnorm" not in overrides and not on_gpu:
         overrides["sync_batchnorm"] = False  # torch's SyncBatchNorm runs on GPUs only
     kwargs = {
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
@@ -378,9 +373,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         return result
     atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     if model.last_validation is not None and cfg.get("report", True):
-        ft = model.hparams.finetune
-        unfreeze = ft["head_epochs"] if ft["head_epochs"] > 0 and ft["blocks"] != 0 else None
-        safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze)
+        safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze_epoch(model.hparams.finetune))
     if best:
         log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
     if "calibration" in result:
@@ -490,7 +483,6 @@ def resolve_seed(cfg: DictConfig) -> int:
 @holding_output_folder  # one process per run folder (catdog.run_lock; held already when started by train.py)
 def train(cfg: DictConfig) -> float | None:
     """Fit as configured (one model, or all folds); returns ``cfg.optimized_metric`` for sweepers."""
-    adopt_submitit_environment()
     if not is_writer(cfg):  # another process of a distributed run: its info lines would repeat rank zero's
         logging.getLogger("catdog").setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None

@@ -17,10 +17,9 @@ from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, che
 from catdog.distributed import gather_predictions
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
-from catdog.models.calibration import scale_logits
 from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups, plain
-from catdog.models.tta import average_views, check_tta, make_views
+from catdog.models.tta import predict_views
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +211,7 @@ class ClassifierModule(pl.LightningModule):
     def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
         """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass; each
         view's logits are divided by ``temperature`` first when it is given."""
-        views = make_views(x, check_tta(tta), self.hparams.image_size)
-        probs = F.softmax(scale_logits(self(views).float(), temperature), dim=1)
-        return average_views(probs, tta + 1)
+        return predict_views(self, x, tta, temperature, self.hparams.image_size)
 
     # ----- training ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -300,21 +297,14 @@ class ClassifierModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []
+        empty = (torch.zeros(0, len(self.hparams.classes)), torch.zeros(0, dtype=torch.long))
+        logp, targets, indices = (torch.cat(t) for t in zip(*outputs)) if outputs else (*empty, empty[1])
         if self.trainer.world_size > 1:
             # Every rank scores the whole validation set: the same metrics, checkpoint choice and oof.csv as one
             # process (a rank whose share was all unreadable images still takes part in the gather).
-            num_classes = len(self.hparams.classes)
-            logp, targets, indices = (
-                (torch.cat(t) for t in zip(*outputs)) if outputs
-                else (torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-            )  # fmt: skip
             logp, targets, indices = gather_predictions(self, logp, targets, indices)
-            if len(indices) == 0:
-                return
-        elif not outputs:
+        if len(indices) == 0:
             return
-        else:
-            logp, targets, indices = (torch.cat(t) for t in zip(*outputs))
         if not self.trainer.sanity_checking:
             self.last_validation = (logp, targets, indices)
         probs = logp.exp()

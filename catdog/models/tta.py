@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from catdog.data.transforms import centre_offset
 from catdog.errors import ConfigError
+from catdog.models.calibration import scale_logits
 
 # Side fraction of the zoomed-in crops (``zoom`` views).
 _ZOOM_SIDE = 0.875
@@ -111,3 +112,11 @@ def make_views(x: torch.Tensor, tta: int, size: int | None = None) -> torch.Tens
 def average_views(probs: torch.Tensor, num_views: int) -> torch.Tensor:
     """(V*B, K) view-major -> (B, K) mean over views."""
     return probs.reshape(num_views, -1, probs.shape[-1]).mean(dim=0)
+
+
+def predict_views(forward, x: torch.Tensor, tta: int, temperature: float | None, image_size: int) -> torch.Tensor:
+    """Class probabilities of ``x`` averaged over the plain pass and ``tta`` views (one batched ``forward`` of
+    logits); each view's logits are divided by ``temperature`` first when it is given."""
+    views = make_views(x, check_tta(tta), image_size)
+    probs = F.softmax(scale_logits(forward(views).float(), temperature), dim=1)
+    return average_views(probs, tta + 1)

@@ -51,12 +51,15 @@ def evaluation_pictures(
         for i in worst
     ]  # fmt: skip
     pictures["mistakes.png"] = fg.plot_mistakes(mistakes)
-    curves = {applied or "as predicted": fg.reliability_data(probs, targets)}
     numbers: dict = {"images": len(targets), "classes": list(classes), "confusion": counts.tolist()}
-    if temperature is not None:
+    if temperature is None:
+        curves = {applied or "as predicted": fg.reliability_data(probs, targets)}
+    else:
         label = f"T = {temperature:.3f}" if np.ndim(temperature) == 0 else "each fold's T"
-        curves = {"before": curves[applied or "as predicted"], f"after {label}": None}
-        curves[f"after {label}"] = fg.reliability_data(fg.scale_probs(probs, temperature), targets)
+        curves = {
+            "before": fg.reliability_data(probs, targets),
+            f"after {label}": fg.reliability_data(fg.scale_probs(probs, temperature), targets),
+        }
     pictures["reliability.png"] = fg.plot_reliability(curves)
     numbers["reliability"] = curves
     numbers["ece"] = {name: data["ece"] for name, data in curves.items()}
@@ -134,13 +137,13 @@ def _folder_config(folder: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
 
 
-def _unfreeze_epoch(config: dict) -> int | None:
-    finetune = (config.get("model") or {}).get("finetune") or {}
+def unfreeze_epoch(finetune: dict) -> int | None:
+    """The epoch at which ``model.finetune`` unfreezes backbone stages (None: no head-only phase, or never)."""
     head_epochs, blocks = finetune.get("head_epochs", 0), finetune.get("blocks", -1)
     return int(head_epochs) if isinstance(head_epochs, int) and head_epochs > 0 and blocks != 0 else None
 
 
-def _data_root(folder: Path, config: dict, data_root) -> Path | None:
+def _data_root(config: dict, data_root) -> Path | None:
     if data_root is not None:
         return Path(data_root)
     root = (config.get("data") or {}).get("dir")
@@ -153,31 +156,32 @@ def _metrics_csv(folder: Path) -> Path | None:
 
 
 def _oof(folder: Path, root: Path | None):
+    """``oof.csv``'s rows, probabilities, targets, classes, image names and their paths under ``root``."""
     rows, probs, labels, classes = read_oof(folder / "oof.csv")
     targets = np.array([classes.index(label) for label in labels], dtype=np.int64)
     names = [r[0] for r in rows]
-    return probs, targets, classes, names, [fg.image_path(root, n) for n in names]
+    return rows, probs, targets, classes, names, [fg.image_path(root, n) for n in names]
 
 
 def write_run_report(
-    run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None, unfreeze_epoch: int | None = None
+    run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None, unfreeze: int | None = None
 ) -> Path:
     """The report of a finished single run (``oof.csv``, ``result.json``, the CSV metric log)."""
     run_dir = Path(run_dir)
     config = _folder_config(run_dir)
-    root = _data_root(run_dir, config, data_root)
-    if unfreeze_epoch is None:
-        unfreeze_epoch = _unfreeze_epoch(config)
+    root = _data_root(config, data_root)
+    if unfreeze is None:
+        unfreeze = unfreeze_epoch((config.get("model") or {}).get("finetune") or {})
     result = json.loads((run_dir / RESULT_NAME).read_text())
     temperature = (result.get("calibration") or {}).get("temperature")
-    probs, targets, classes, names, paths = _oof(run_dir, root)
+    _, probs, targets, classes, names, paths = _oof(run_dir, root)
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
     metrics = _metrics_csv(run_dir)
     if metrics is not None:
         history = fg.epoch_history(metrics)
-        pictures = {"curves.png": fg.plot_curves(history, unfreeze_epoch), **pictures}
+        pictures = {"curves.png": fg.plot_curves(history, unfreeze), **pictures}
         numbers["history"] = {k: {str(e): v for e, v in sorted(h.items())} for k, h in history.items()}
-    numbers["unfreeze_epoch"] = unfreeze_epoch
+    numbers["unfreeze_epoch"] = unfreeze
     summary = [
         ("validation images", numbers["images"]), ("accuracy", result.get("val/acc")),
         ("log loss", result.get("val/logloss")), ("log loss after temperature", result.get("val/logloss_calibrated")),
@@ -198,10 +202,9 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     fold's validation log loss per epoch, and the per-fold table."""
     run_dir = Path(run_dir)
     config = _folder_config(run_dir)
-    root = _data_root(run_dir, config, data_root)
+    root = _data_root(config, data_root)
     manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    rows, _, _, _ = read_oof(run_dir / "oof.csv")
-    probs, targets, classes, names, paths = _oof(run_dir, root)
+    rows, probs, targets, classes, names, paths = _oof(run_dir, root)
     temps = {str(m["fold"]): m.get("temperature") for m in manifest["members"]}
     per_row = [temps.get(r[2]) for r in rows]
     temperature = np.array(per_row, dtype=np.float64) if all(t is not None for t in per_row) else None
@@ -212,7 +215,7 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
         if metrics is not None:
             curves[f"fold {member['fold']}"] = fg.epoch_history(metrics).get("val/logloss", {})
     if curves:
-        pictures = {"folds.png": _plot_fold_curves(curves), **pictures}
+        pictures = {"folds.png": fg.plot_fold_curves(curves), **pictures}
     header = ("fold", "images", "acc", "logloss", "logloss_calibrated", "temperature")
     fold_rows = [[m.get(k) for k in header] for m in manifest["members"]]
     oof = manifest["oof"]
@@ -223,19 +226,6 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     tables = [("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers)]
     return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"k-fold run {run_dir.name}", pictures, numbers,
                         tables)  # fmt: skip
-
-
-def _plot_fold_curves(curves: dict[str, dict[int, float]]) -> bytes:
-    fig = fg._figure(5.5, 3.8)
-    ax = fig.subplots()
-    for name, values in curves.items():
-        epochs = sorted(values)
-        ax.plot(epochs, [values[e] for e in epochs], marker="o", markersize=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val log loss")
-    ax.set_title("validation log loss per fold")
-    ax.legend(fontsize=8)
-    return fg._png(fig)
 
 
 _SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_calibrated": 3, "val/acc": 4}

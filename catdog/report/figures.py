@@ -233,6 +233,20 @@ def _short_name(name: str, width: int = 28) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
+def plot_fold_curves(curves: dict[str, dict[int, float]]) -> bytes:
+    """Validation log loss per epoch, one line per fold (``{fold name: {epoch: value}}``)."""
+    fig = _figure(5.5, 3.8)
+    ax = fig.subplots()
+    for name, values in curves.items():
+        epochs = sorted(values)
+        ax.plot(epochs, [values[e] for e in epochs], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val log loss")
+    ax.set_title("validation log loss per fold")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def plot_metric_by_override(points: dict[str, list[tuple[str, float]]], metric: str) -> bytes:
     """One panel per varied override: ``metric`` of each job against the override's value (numbers on a numeric
     axis, logarithmic when they span more than a factor of 10; anything else as categories)."""
