@@ -4,7 +4,8 @@
 # the training and prediction throughput benchmarks. Every figure lands in $OUT:
 #
 #   machine.txt            GPU, driver, torch versions
-#   recipe.md              the recipe's command, wall time, val accuracy / log loss (raw, calibrated, tta=5)
+#   recipe.md              the recipe's command, wall time, the first epochs' validation scores, val accuracy /
+#                          log loss (raw, calibrated in-sample and cross-fitted, tta=5)
 #   train_throughput.md    bench/train_throughput.py (model-only, catdog pipeline, baseline) per batch size
 #   predict_throughput.md  bench/predict_throughput.py (tta 0 and 5, bf16 vs fp32)
 #   run/                   the training run folder (checkpoints, result.json, oof.csv, csv/metrics.csv)

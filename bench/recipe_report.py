@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 from pathlib import Path
@@ -22,6 +23,15 @@ def labelled_row(log: Path) -> list[str] | None:
         if header.startswith("| images | tta |"):
             return [c.strip() for c in row.strip("|").split("|")]
     return None
+
+
+def first_epochs(metrics: Path, epochs: int = 8) -> list[tuple[int, tuple[float, float]]]:
+    """(epoch, (val/logloss, val/acc)) of the first ``epochs`` validated epochs in a run's ``csv/metrics.csv``."""
+    if not metrics.is_file():
+        return []
+    with metrics.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/logloss")]
+    return [(int(r["epoch"]), (float(r["val/logloss"]), float(r["val/acc"]))) for r in rows[:epochs]]
 
 
 def main(argv=None) -> None:
@@ -43,8 +53,13 @@ def main(argv=None) -> None:
         print(f"tta=5 submission of the test images: {args.predict_seconds:.0f} s")
     line = f"best checkpoint: val/acc {r['val/acc']:.4f}, val/logloss {r['val/logloss']:.4f}"
     if cal:
-        line += f"; temperature {cal['temperature']:.3f}: val/logloss {cal['logloss_after']:.4f}"
+        line += f"; temperature {cal['temperature']:.3f}: val/logloss {cal['logloss_after']:.4f} in-sample"
+        if "logloss_cross_fitted" in cal:
+            line += f", {cal['logloss_cross_fitted']:.4f} cross-fitted"
     print(line + "\n")
+    curve = first_epochs(args.run / "csv" / "metrics.csv")
+    if curve:
+        print("first epochs (validation): " + "; ".join(f"{e}: {v[0]:.4f} / {v[1]:.4f}" for e, v in curve) + "\n")
     rows = []
     for log in sorted(args.logs.glob("val_tta*_cal*.log")):
         m = re.fullmatch(r"val_tta(\d+)_cal(true|false)\.log", log.name)
@@ -52,6 +67,7 @@ def main(argv=None) -> None:
         if cells:
             rows.append((int(m.group(1)), m.group(2), cells))
     if rows:
+        print("Scored on the run's own validation images (they chose the epoch; T was fitted on them: in-sample).\n")
         print("| tta | calibrated | images | accuracy | log loss |\n|---|---|---|---|---|")
         for tta, calibrated, cells in sorted(rows):
             print(f"| {tta} | {calibrated} | {cells[0]} | {cells[3]} | {cells[4]} |")

@@ -42,8 +42,6 @@ NOISE_WARNINGS = (
     r"The dirpath has changed from",
     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    # DDP: validation gathers every process's predictions and drops the sampler's repeats (catdog.distributed)
-    r"Using `DistributedSampler` with the dataloaders",
     r"torch.distributed.nn.functional.all_gather is deprecated",
 )
 

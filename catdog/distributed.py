@@ -10,12 +10,16 @@ zero writes files.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
 
-from catdog.errors import ConfigError
+from catdog.errors import CatdogError, ConfigError
+
+log = logging.getLogger(__name__)
 
 # Set by the process that drew a seed for ``seed=null``; the processes Lightning starts later inherit it.
 SEED_ENV = "CATDOG_DRAWN_SEED"
@@ -165,3 +169,85 @@ def gather_predictions(
     keep = indices >= 0
     keep[1:] &= indices[1:] != indices[:-1]
     return logp[keep], targets[keep], indices[keep]
+
+
+# ----- staged fine-tuning under DDP ---------------------------------------------------------------------------------
+# DistributedDataParallel registers the parameters that require a gradient when it is built, and all-reduces only
+# those: a part unfrozen later would train on every process's own gradient, and the replicas would drift apart. So
+# the wrapper is rebuilt whenever the set of trainable parameters changes (once per unfreeze), and the replicas are
+# compared at every epoch end.
+
+_REGISTERED = "_catdog_registered"
+
+
+def _trainable(module: torch.nn.Module) -> frozenset[int]:
+    return frozenset(id(p) for p in module.parameters() if p.requires_grad)
+
+
+def note_ddp_parameters(trainer) -> None:
+    """Record which parameters Lightning's DDP wrapper registered: those trainable when it was built, which are those
+    trainable now if nothing has changed them since (call it before the first change, at fit start)."""
+    wrapper = getattr(getattr(trainer, "strategy", None), "model", None)
+    if isinstance(wrapper, DistributedDataParallel) and not hasattr(wrapper, _REGISTERED):
+        setattr(wrapper, _REGISTERED, _trainable(wrapper.module))
+
+
+def rewrap_ddp(trainer) -> bool:
+    """Rebuild the DDP wrapper when the trainable parameters are no longer those it registered (an unfreeze, or a
+    resume past one): the new wrapper all-reduces every trainable parameter's gradient, and starts by broadcasting
+    rank zero's parameters and buffers. Returns whether it rebuilt; outside DDP (or without a trainer) it does
+    nothing."""
+    strategy = getattr(trainer, "strategy", None)
+    wrapper = getattr(strategy, "model", None)
+    if not isinstance(wrapper, DistributedDataParallel):
+        return False
+    trainable = _trainable(wrapper.module)
+    if getattr(wrapper, _REGISTERED, None) == trainable:
+        return False
+    reducer = getattr(wrapper, "reducer", None)
+    if reducer is not None:
+        reducer._remove_autograd_hooks()  # the old wrapper must not all-reduce gradients any more
+    strategy.model = strategy._setup_model(wrapper.module)  # Lightning's own wrapping, with its DDP settings
+    strategy._register_ddp_hooks()
+    setattr(strategy.model, _REGISTERED, trainable)
+    log.info("DDP: %d parameter tensors now trained on every process", len(trainable))
+    return True
+
+
+class ReplicaDriftError(CatdogError):
+    """The processes of a distributed run hold different parameters."""
+
+
+def parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
+    """Two float64 numbers that change with any parameter: the sum of all parameters, and a sum weighted by each
+    tensor's position (so swapped or shifted values count too)."""
+    params = [p.detach() for p in module.parameters()]
+    device = params[0].device if params else torch.device("cpu")
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i, p in enumerate(params, start=1):
+        s = p.double().sum()
+        total[0] += s
+        total[1] += s * i + p.double().abs().sum() / i
+    return total
+
+
+def compare_checksums(gathered: torch.Tensor, epoch: int, rtol: float = 1e-9) -> None:
+    """Raise :class:`ReplicaDriftError` naming ``epoch`` and the processes whose checksum (a row of ``gathered``,
+    one per process) differs from rank zero's."""
+    reference = gathered[0]
+    tolerance = rtol * reference.abs().clamp_min(1.0)
+    off = [rank for rank, row in enumerate(gathered) if bool(((row - reference).abs() > tolerance).any())]
+    if off:
+        raise ReplicaDriftError(
+            f"epoch {epoch}: the model's parameters differ between processes (rank(s) {off} vs rank 0; checksums "
+            f"{[[float(v) for v in row] for row in gathered]}), so each process trains a model of its own. The run "
+            "stopped; its checkpoints are those of the last epoch whose replicas agreed"
+        )
+
+
+def check_replicas(module, epoch: int) -> None:
+    """Under DDP: gather one checksum of the parameters from every process (one small all-gather), log "replicas in
+    sync" when they agree, raise :class:`ReplicaDriftError` naming ``epoch`` when they don't."""
+    gathered = module.all_gather(parameter_checksum(module)).reshape(-1, 2).cpu()
+    compare_checksums(gathered, epoch)
+    log.info("epoch %d: replicas in sync (%d processes, parameter checksum %.6e)", epoch, len(gathered), gathered[0, 0])

@@ -21,7 +21,7 @@ import torch
 from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
 from catdog.metrics import accuracy, log_loss
-from catdog.models.calibration import calibrated_probs
+from catdog.models.calibration import calibrated_probs, cross_fitted
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,11 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
             raise CheckpointError(f"{d} was trained on classes {fold_classes}, other folds on {classes}")
         classes = fold_classes
         temperature = (result.get("calibration") or {}).get("temperature")
-        # Each fold's own temperature, fitted on its own out-of-fold images (None: unscaled).
+        # Each fold's own temperature, fitted on its own out-of-fold images (None: unscaled): in-sample there.
         scaled = temperature_scaled(probs, temperature).numpy()
         s = scores(probs, labels, classes)
         if temperature is not None:
-            s["logloss_calibrated"] = scores(scaled, labels, classes)["logloss"]
+            s["logloss_calibrated_in_sample"] = scores(scaled, labels, classes)["logloss"]
         fold_rows.append(
             {
                 "fold": result["fold"], **s, "temperature": temperature, "epochs": result["epochs"],
@@ -193,28 +193,63 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     overall = scores(np.concatenate(all_probs), all_labels, classes)
     calibrated = all(r["temperature"] is not None for r in fold_rows)
     if calibrated:
-        overall["logloss_calibrated"] = scores(np.concatenate(all_scaled), all_labels, classes)["logloss"]
+        overall["logloss_calibrated_in_sample"] = scores(np.concatenate(all_scaled), all_labels, classes)["logloss"]
+        _cross_fit(fold_rows, all_probs, all_labels, classes, overall)
+        for member, row in zip(members, fold_rows):
+            member["logloss_cross_fitted"] = row["logloss_cross_fitted"]
+            member["temperature_cross_fitted"] = row["temperature_cross_fitted"]
     if len({r[0] for r in oof_rows}) != len(oof_rows):
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
     header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
     atomic_write_text(run_dir / "oof.csv", csv_text(header, sorted(oof_rows)))
-    header = ("fold", "images", "acc", "logloss", "logloss_calibrated", "temperature", "epochs", "wall_time_s")
+    header = (
+        "fold", "images", "acc", "logloss", "logloss_cross_fitted", "logloss_calibrated_in_sample", "temperature",
+        "temperature_cross_fitted", "epochs", "wall_time_s",
+    )  # fmt: skip
     rows = [[r.get(k) for k in header] for r in fold_rows]
-    rows.append(["oof", *(overall.get(k) for k in header[1:5]), None, None, None])
+    rows.append(["oof", *(overall.get(k) for k in header[1:6]), None, None, None, None])
     atomic_write_text(run_dir / "scores.csv", csv_text(header, [[_exact(v) for v in r] for r in rows]))
     table = [[_short(v, 1 if k == "wall_time_s" else 4) for k, v in zip(header, r)] for r in rows]
-    atomic_write_text(run_dir / "scores.md", markdown_table(header, table))
+    atomic_write_text(run_dir / "scores.md", markdown_table(header, table) + SCORES_NOTE)
     manifest = {"kind": MANIFEST_KIND, "classes": classes, "members": members, "oof": overall}
     atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     best = min(fold_rows, key=lambda r: r["logloss"])
     log.info(
         "k-fold: OOF log loss %.4f%s, acc %.4f over %d images (best single fold %s: %.4f)",
         overall["logloss"],
-        f" ({overall['logloss_calibrated']:.4f} with each fold's temperature)" if calibrated else "",
+        f" ({overall['logloss_cross_fitted']:.4f} with temperatures cross-fitted on the other folds; "
+        f"{overall['logloss_calibrated_in_sample']:.4f} in-sample with each fold's own)" if calibrated else "",
         overall["acc"], overall["images"], best["fold"], best["logloss"],
     )  # fmt: skip
     print(markdown_table(header, table))
     return {"oof": overall, "folds": fold_rows, "manifest": str(run_dir / MANIFEST_NAME)}
+
+
+#: Under scores.md: what the calibrated columns mean.
+SCORES_NOTE = (
+    "\nlogloss_cross_fitted: each fold's out-of-fold rows scaled with a temperature fitted on the other folds' rows "
+    "(temperature_cross_fitted), the out-of-fold calibrated score. logloss_calibrated_in_sample: each fold's rows "
+    "scaled with its own temperature, fitted on those same rows (optimistic). Every fold's best epoch was chosen on "
+    "its own out-of-fold rows.\n"
+)
+
+
+def _cross_fit(fold_rows: list[dict], probs: list[np.ndarray], labels: list[str], classes, overall: dict) -> None:
+    """Add each fold's ``temperature_cross_fitted`` / ``logloss_cross_fitted`` (its rows scaled with a temperature
+    fitted on the other folds' rows) to ``fold_rows``, and the out-of-fold total to ``overall``."""
+    index = {c: i for i, c in enumerate(classes)}
+    logp = torch.from_numpy(np.log(np.clip(np.concatenate(probs), 1e-300, 1.0)))
+    targets = torch.tensor([index[y] for y in labels])
+    parts = torch.cat([torch.full((len(p),), i) for i, p in enumerate(probs)])
+    scaled, temperatures = cross_fitted(logp, targets, parts)
+    scaled = scaled.numpy()
+    start = 0
+    for i, row in enumerate(fold_rows):
+        end = start + len(probs[i])
+        row["temperature_cross_fitted"] = temperatures[i]
+        row["logloss_cross_fitted"] = scores(scaled[start:end], labels[start:end], classes)["logloss"]
+        start = end
+    overall["logloss_cross_fitted"] = scores(scaled, labels, classes)["logloss"]
 
 
 def _exact(v) -> str:

@@ -52,6 +52,21 @@ def new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def link_new(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link ``src`` (a file only this process knows) as ``dst``, raising as :func:`os.link` does unless the link
+    was made: on NFS a link whose reply is lost is sent again and fails (the name exists, or an I/O error) though the
+    server made it. ``src`` then has two links, the check ``open(2)`` gives for NFS-safe lock files."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        try:
+            linked = os.stat(src).st_nlink == 2
+        except OSError:
+            linked = False
+        if not linked:
+            raise
+
+
 # What os.link raises on a file system without hard links (some network and FUSE file systems, FAT).
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
 
@@ -61,7 +76,7 @@ def _publish_new(tmp: str, path: Path, key: str) -> None:
     so the check and the write are one step. Without hard links, the name is claimed with ``O_EXCL`` (an empty file
     for an instant) and the finished file is then moved onto it."""
     try:
-        os.link(tmp, path)
+        link_new(tmp, path)
     except FileExistsError:
         raise output_exists(path, key) from None
     except OSError as exc:

@@ -25,6 +25,7 @@ from catdog.models.precision import AUTOCAST, auto_precision
 from catdog.models.tta import check_tta, check_view_set
 from catdog.progress import Periodic
 from catdog.report.build import safe_report, write_evaluation_report
+from catdog.resume import checkpoint_run
 from catdog.selection import resolve_members
 from catdog.submission import check_clip, clip_probs, submission_text, write_submission
 
@@ -230,6 +231,15 @@ def predict(cfg: DictConfig):
     return path
 
 
+def scored_in_sample(source, members) -> str | None:
+    """The member checkpoint whose own run's ``split.csv`` is the input (``input=RUN/split.csv``): its validation
+    images chose that checkpoint's epoch and fitted its temperature, so scores on them are in-sample."""
+    source = Path(source)
+    if source.name != "split.csv":
+        return None
+    return next((str(m) for m in members if checkpoint_run(m) == source.resolve().parent), None)
+
+
 def top_losses_table(probs: np.ndarray, targets: np.ndarray, ids, classes, n: int = 10) -> str:
     """The ``n`` images the model got most confidently wrong (highest per-image log loss): worth a look for
     mislabelled or odd pictures."""
@@ -263,6 +273,13 @@ def _report(
     scores = {"images": len(ids), "accuracy": accuracy(p, t), "log_loss": log_loss(p, t)}
     applied = [f"{v:.3f}" for v in temperatures if v]
     calibrated = f"T = {', '.join(applied)}" if applied else "no"
+    in_sample = scored_in_sample(source, members)
+    if in_sample:
+        calibrated += " (in-sample)" if applied else ""
+        log.warning(
+            "%s lists the validation images of %s, which chose its best epoch%s: these figures are in-sample",
+            source, in_sample, " and fitted its temperature" if applied else "",
+        )  # fmt: skip
     table = markdown_table(
         ("images", "tta", "calibrated", "accuracy", "log loss"),
         [(len(ids), tta, calibrated, f"{scores['accuracy']:.4f}", f"{scores['log_loss']:.4f}")],
@@ -280,7 +297,7 @@ def _report(
     atomic_write_text(outputs["md"], f"{header}{table}\nMost confident mistakes:\n\n{worst}\n", overwrite=overwrite)
     record = {
         **scores, "tta": tta, "temperatures": list(temperatures), "input": str(source),
-        "members": [str(m) for m in members], "classes": list(classes),
+        "members": [str(m) for m in members], "classes": list(classes), "in_sample": bool(in_sample),
     }  # fmt: skip
     atomic_write_text(outputs["json"], json.dumps(record, indent=2) + "\n", overwrite=overwrite)
     summary = [

@@ -2,14 +2,16 @@
 before writing anything there, and removes when it ends.
 
 - Taking it is one step: the lock file is written beside its name and hard-linked to it, which fails if the name
-  exists (``O_EXCL`` creation where the file system has no hard links). It records the process (pid, host, boot,
-  process start time, the command).
+  exists (``O_EXCL`` creation where the file system has no hard links). A link that reports a failure although it
+  was made (NFS, when the server's reply is lost) is told by the written file's link count, 2 once linked. The lock
+  records the process (pid, PID namespace, host, boot, process start time, the command).
 - A process that finds the folder locked by a live process stops with :class:`FolderInUseError`, naming the folder
   and that process, and writes nothing there.
 - A lock left by a process that no longer runs (killed with SIGKILL, a crash, a reboot) on this host is stale: the
   next process takes it over and says so. A pid reused by another program is told apart by the process start time.
-  A lock written on another host cannot be checked from here: the message says which file to delete once that run
-  is known to have stopped.
+  A lock written on another host, or on this one from another PID namespace (another container sharing the host's
+  name and kernel, where its pid means nothing here), cannot be checked from here: the message says which file to
+  delete once that run is known to have stopped. A lock that records no PID namespace is checked by its pid.
 - The lock is re-entrant within a process (the CLI and :func:`catdog.training.train` both take it for the same
   folder). Processes of rank > 0 of a distributed run (:func:`catdog.distributed.secondary_rank`) work
   in the folder that rank 0 holds and take no lock.
@@ -39,7 +41,7 @@ from hydra.experimental.callback import Callback
 
 from catdog.distributed import secondary_rank
 from catdog.errors import CatdogError
-from catdog.fileio import OutputWriteError
+from catdog.fileio import OutputWriteError, link_new
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,14 @@ def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace, e.g. ``pid:[4026531836]`` (Linux); None where it cannot be read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, AttributeError):
         return None
 
 
@@ -101,6 +111,7 @@ def _record(token: str) -> dict:
     stat = _proc_stat(os.getpid())
     return {
         "pid": os.getpid(),
+        "pid_ns": _pid_namespace(),
         "host": socket.gethostname(),
         "boot_id": _boot_id(),
         "process_start": stat[1] if stat else None,
@@ -126,9 +137,16 @@ def _read(path: Path) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else {}
 
 
+def _other_namespace(record: dict) -> bool:
+    """Whether ``record`` was written from a PID namespace other than this process's (another container): its pid
+    cannot be looked up here. A record without one (written before catdog recorded it) is taken as from this one."""
+    written = record.get("pid_ns")
+    return bool(written) and written != _pid_namespace()
+
+
 def _running(record: dict) -> bool | None:
     """Whether the process that wrote ``record`` still runs; None when that cannot be checked from here (another
-    host, or Windows)."""
+    host, another PID namespace, or Windows)."""
     if record.get("host") != socket.gethostname() or os.name == "nt":
         return None
     boot = _boot_id()
@@ -136,6 +154,8 @@ def _running(record: dict) -> bool | None:
         # Written before this machine booted (its process is gone), or by another machine of the same name.
         booted, written = _boot_time(), record.get("time")
         return False if booted is not None and isinstance(written, (int, float)) and written < booted else None
+    if _other_namespace(record):
+        return None
     pid = record["pid"]
     try:
         os.kill(pid, 0)
@@ -167,7 +187,7 @@ def _create(path: Path, text: str, token: str) -> bool:
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, path)
+            link_new(tmp, path)
             return True
         except FileExistsError:
             return False
@@ -196,7 +216,7 @@ def _remove_stale(path: Path, stale: dict, token: str) -> bool:
         os.unlink(aside)
         return True
     with contextlib.suppress(OSError):
-        os.link(aside, path)
+        link_new(aside, path)
     with contextlib.suppress(OSError):
         os.unlink(aside)
     return False
@@ -257,10 +277,17 @@ def _try_acquire(folder: Path) -> _Held:
                 "another folder"
             )
         if running is None:
-            where = "a process on another host" if record.get("host") != socket.gethostname() else "a process"
+            here = socket.gethostname()
+            if record.get("host") != here:
+                where = "a process on another host"
+            elif _other_namespace(record):
+                where = f"a process in another PID namespace ({record['pid_ns']}: another container on this host)"
+                here = f"this PID namespace ({_pid_namespace()})"
+            else:
+                where = "a process"
             raise FolderInUseError(
-                f"{folder} is locked by {where} ({_holder(record)}), which cannot be checked from "
-                f"{socket.gethostname()}; wait for it to finish, or once it has stopped, delete {path}"
+                f"{folder} is locked by {where} ({_holder(record)}), which cannot be checked from {here}; wait for "
+                f"it to finish, or once it has stopped, delete {path}"
             )
         if _remove_stale(path, record, token):
             log.warning(

@@ -74,7 +74,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("catdog.run_stamp", run_stamp, use_cache=True)
 
 
-SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/logloss_calibrated", "val/acc", "epochs", "wall_time_s")
+SUMMARY_HEADER = ("job", "overrides", "val/logloss", "val/logloss_cross_fitted", "val/acc", "epochs", "wall_time_s")
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -97,13 +97,13 @@ def sweep_rows(sweep_dir: Path) -> list[tuple]:
             r = json.loads((job / RESULT_NAME).read_text())
             rows.append(
                 (
-                    job.name, overrides, r["val/logloss"], r.get("val/logloss_calibrated"), r["val/acc"], r["epochs"],
+                    job.name, overrides, r["val/logloss"], r.get("val/logloss_cross_fitted"), r["val/acc"], r["epochs"],
                     r["wall_time_s"],
                 )
             )  # fmt: skip
         elif (job / MANIFEST_NAME).is_file():
             oof = json.loads((job / MANIFEST_NAME).read_text())["oof"]
-            row = (oof["logloss"], oof.get("logloss_calibrated"), oof["acc"], None, None)
+            row = (oof["logloss"], oof.get("logloss_cross_fitted"), oof["acc"], None, None)
             rows.append((job.name, overrides + " (k-fold OOF)", *row))
         else:
             rows.append((job.name, overrides + " (no result)", None, None, None, None, None))

@@ -24,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, StochasticWeightAveraging
 
+from catdog.averaging import check_averaging
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data.datamodule import check_data_config
 from catdog.distributed import check_distributed, is_writer, shared_seed
 from catdog.ensemble import RESULT_NAME, finalize_ensemble, split_text, write_oof
-from catdog.errors import CheckpointError, ConfigError
+from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.loggers import build_loggers, check_loggers
 from catdog.models.calibration import calibrated_probs, calibration_record
@@ -40,12 +41,21 @@ from catdog.models.networks import (
     check_input_size,
     check_network_args,
     fixed_input_size,
-    uses_batchnorm,
 )
 from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions, resolve_precision, uses_cuda
-from catdog.models.weights import check_weights_available, eval_preprocessing
+from catdog.models.weights import DEFAULT_PREPROCESSING, check_weights_available, eval_preprocessing
 from catdog.report.build import safe_report, unfreeze_epoch, write_kfold_report, write_run_report
+from catdog.resume import (
+    check_init,
+    check_init_split,
+    check_resume,
+    check_same_split,
+    checkpoint_run,
+    load_init,
+    read_init,
+    run_settings,
+)
 from catdog.run_folder import metrics_file, resume_command, save_config_record, trim_history
 from catdog.run_lock import holding_output_folder
 
@@ -73,37 +83,15 @@ def check_train_config(cfg: DictConfig) -> None:
     check_training_args(
         m.get("optimizer"), m.get("finetune"), m.get("scheduler"), m.get("scheduler_interval"), m.get("mixing")
     )
-    _check_averaging(cfg)
+    check_averaging(cfg)
     check_loggers(cfg)
-    check_weights_available(m.arch, m.get("weights"))
+    if m.get("init"):
+        check_init(cfg)
+    else:
+        check_weights_available(m.arch, m.get("weights"))
     max_epochs = t.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs == 0 or max_epochs < -1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")
-
-
-def _check_averaging(cfg: DictConfig) -> None:
-    """The averaging callback must exist in the installed Lightning; SWA recomputes every BatchNorm layer's
-    statistics, which would wipe those of frozen (pretrained) blocks."""
-    averaging = (cfg.get("callbacks") or {}).get("averaging")
-    if averaging is None:
-        return
-    target = str(averaging.get("_target_", ""))
-    try:
-        hydra.utils.get_class(target)
-    except Exception:  # noqa: BLE001 - any import failure gets the same message
-        raise ConfigError(
-            f"callbacks.averaging._target_={target} cannot be imported: weight averaging needs pytorch-lightning "
-            f">= 2.6 (installed {pl.__version__}); pip install -U 'pytorch-lightning>=2.6'"
-        ) from None
-    if not target.endswith("StochasticWeightAveraging"):
-        return
-    finetune = cfg.model.get("finetune") or {}
-    if uses_batchnorm(cfg.model.arch) and finetune.get("blocks", -1) != -1:
-        raise ConfigError(
-            f"averaging=swa resets the BatchNorm statistics of every layer, but model.finetune.blocks="
-            f"{finetune.get('blocks')} keeps some blocks frozen (their ImageNet statistics would be lost); "
-            "use averaging=ema, or model.finetune.blocks=-1"
-        )
 
 
 def build_datamodule(cfg: DictConfig):
@@ -120,7 +108,7 @@ def resolve_preprocessing(cfg: DictConfig) -> None:
     missing = [k for k in ("image_size", "crop_pct", "interpolation") if d.get(k) is None]
     if not missing:
         return
-    preset = eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
+    preset = _preprocessing(cfg)
     with open_dict(cfg):
         for key in missing:
             d[key] = preset[key]
@@ -129,20 +117,36 @@ def resolve_preprocessing(cfg: DictConfig) -> None:
     )  # fmt: skip
 
 
+def _preprocessing(cfg: DictConfig) -> dict:
+    """What the starting weights expect: a ``model.init`` checkpoint's own preprocessing, else that of the pretrained
+    weights (:func:`catdog.models.weights.eval_preprocessing`)."""
+    if cfg.model.get("init"):
+        hp = read_init(cfg.model.init)["hyper_parameters"]
+        return {k: hp.get(k, DEFAULT_PREPROCESSING[k]) for k in DEFAULT_PREPROCESSING}
+    return eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
+
+
 def build_model(cfg: DictConfig, classes: list[str]):
+    """The configured model; with ``model.init=PATH``, holding that checkpoint's weights (no download)."""
     resolve_preprocessing(cfg)
-    preset = eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
-    return hydra.utils.instantiate(
-        cfg.model,
+    preset = _preprocessing(cfg)
+    init = cfg.model.get("init")
+    model = hydra.utils.instantiate(
+        {k: v for k, v in plain(cfg.model).items() if k != "init"},
         classes=classes,
         image_size=cfg.data.image_size,
         crop_pct=cfg.data.crop_pct,
         interpolation=cfg.data.get("interpolation") or "bilinear",
         mean=preset["mean"],
         std=preset["std"],
+        **({"weights": None, "pretrained": str(init)} if init else {}),
         _recursive_=False,
         _convert_="all",
     )
+    if init:
+        load_init(model, init, read_init(init))
+        log.info("model.init: weights of %s", init)
+    return model
 
 
 _described: set[str] = set()
@@ -180,6 +184,9 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     kwargs = {
         "precision": resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator", "auto")),
         "plugins": [SafeCheckpointIO()],
+        # The datamodule shards its own samplers across processes (Lightning's wrapper would reshuffle the epoch
+        # order with a seed of its own): N processes then step through the one-process order of N x the batch.
+        "use_distributed_sampler": False,
     }
     return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})
 
@@ -188,64 +195,16 @@ def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
     """An explicit ``ckpt_path``, else this folder's own ``last.ckpt`` (a run restarted in its folder resumes)."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
+        if cfg.model.get("init"):
+            raise ConfigError(
+                f"ckpt_path={path} resumes a run (its weights, optimizer and schedule) and model.init={cfg.model.init} "
+                "starts a new one from a checkpoint's weights: set one of them"
+            )
         if not path.is_file():
             raise ConfigError(f"ckpt_path={path}: no such checkpoint to resume from")
         return str(path)
     last = out_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
-
-
-# What a resumed run must share with its checkpoint: the network, and what the restored optimizer state and parameter
-# groups were built from (a changed lr would be silently replaced by the restored one).
-RESUME_KEYS = ("arch", "classes", "head", "head_hidden", "width", "optimizer", "decay_bias_and_norm", "finetune")
-
-
-def _flat(value, prefix: str) -> dict:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
-    return {prefix: value}
-
-
-def check_resume_matches(path: str, model, ckpt: dict | None = None) -> None:
-    """Refuse to resume from a checkpoint of another network, other classes or another optimizer setting, naming each
-    differing key with both values."""
-    saved = (ckpt if ckpt is not None else read_checkpoint(path))["hyper_parameters"]
-    diffs = []
-    for key in RESUME_KEYS:
-        name = key if key == "classes" else f"model.{key}"
-        before, now = _flat(saved.get(key), name), _flat(model.hparams[key], name)
-        diffs += [
-            f"{k}: checkpoint {before.get(k)!r} vs config {now.get(k)!r}"
-            for k in sorted(set(before) | set(now), key=list({**before, **now}).index)
-            if before.get(k) != now.get(k)
-        ]
-    if diffs:
-        raise CheckpointError(
-            f"cannot resume from {path}, it does not match this run: {'; '.join(diffs)} "
-            "(resume with the checkpoint's values, or start a new run)"
-        )
-
-
-def _checkpoint_run(resume: str) -> Path | None:
-    """The catdog run folder that checkpoint ``resume`` belongs to (``RUN/checkpoints/*.ckpt`` with ``RUN/split.csv``),
-    if any."""
-    path = Path(resume).resolve()
-    run = path.parent.parent
-    return run if path.parent.name == "checkpoints" and (run / "split.csv").is_file() else None
-
-
-def _check_same_split(resume: str, run: Path | None, out_dir: Path, split: str) -> None:
-    """A resumed run must keep the split its checkpoint was trained on (``run``: the checkpoint's run folder):
-    otherwise images it trained on would be scored as validation images (a changed ``seed``, ``data.val_fraction``
-    or data folder)."""
-    if run is None or (run / "split.csv").read_text() == split:
-        return
-    here = run == out_dir.resolve()
-    raise ConfigError(
-        f"cannot resume from {resume}: this run's train/validation split differs from the one it was trained on "
-        f"({run / 'split.csv'}), so images it trained on would be scored as validation images; use the same seed, "
-        f"data.dir and data.* settings{'' if here else ', or resume it in its own folder: ' + resume_command(run)}"
-    )
 
 
 def _continue_history(trainer: pl.Trainer, out_dir: Path, run: Path | None, ckpt) -> None:
@@ -303,10 +262,13 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     trainer = build_trainer(cfg)
     resume = _resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None
-    source = _checkpoint_run(resume) if resume else None
+    source = checkpoint_run(resume) if resume else None
     if resume:
-        check_resume_matches(resume, model, ckpt)
-        _check_same_split(resume, source, out_dir, split)
+        check_resume(resume, ckpt, model, cfg)
+        check_same_split(resume, source, out_dir, split)
+    elif cfg.model.get("init"):
+        check_init_split(cfg.model.init, [os.path.relpath(p, datamodule.root) for p in datamodule.val_set.paths])
+    model.run_settings = run_settings(cfg)
     if is_writer(cfg):  # the other processes of a distributed run compute the same things and write nothing
         atomic_write_text(out_dir / "split.csv", split)
         _continue_history(trainer, out_dir, source, ckpt)
@@ -355,7 +317,9 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         result["val/logloss"], result["val/acc"] = oof["logloss"], oof["acc"]
         if cfg.get("calibrate", True):
             result["calibration"] = calibration_record(logp, targets)
-            result["val/logloss_calibrated"] = result["calibration"]["logloss_after"]
+            # T fitted on other parts of the validation set than those it scores, and on the very images it scores
+            result["val/logloss_cross_fitted"] = result["calibration"]["logloss_cross_fitted"]
+            result["val/logloss_calibrated_in_sample"] = result["calibration"]["logloss_after"]
             if best and writer:
                 save_calibration(best, result["calibration"])
     result.update(
@@ -375,7 +339,10 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     if model.last_validation is not None and cfg.get("report", True):
         safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze_epoch(model.hparams.finetune))
     if best:
-        log.info("best checkpoint %s: val/logloss %.4f, val/acc %.4f", best, result["val/logloss"], result["val/acc"])
+        log.info(
+            "best checkpoint %s: val/logloss %.4f, val/acc %.4f (its epoch chosen on these validation images)",
+            best, result["val/logloss"], result["val/acc"],
+        )  # fmt: skip
     if "calibration" in result:
         c = result["calibration"]
         if c["errors"] == 0:
@@ -385,8 +352,10 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
             )  # fmt: skip
         else:
             log.info(
-                "temperature %.3f fitted on %d validation images: val/logloss %.4f -> %.4f",
-                c["temperature"], c["images"], c["logloss_before"], c["logloss_after"],
+                "temperature %.3f fitted on %d validation images: val/logloss %.4f -> %.4f cross-fitted (each of %d "
+                "parts scored with a T fitted on the others), %.4f in-sample (T fitted on the images it scores)",
+                c["temperature"], c["images"], c["logloss_before"], c["logloss_cross_fitted"], c["cross_fit_parts"],
+                c["logloss_after"],
             )  # fmt: skip
     return result
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,7 @@ def make_flat(root, per_class: int = 10, test: int = 5, classes=("cat", "dog")) 
     root = Path(root)
     for i in range(per_class):
         for label, name in enumerate(classes):
-            make_image(root / "train" / f"{name}.{i}.jpg", label, seed=hash((name, i)) % 10_000)
+            make_image(root / "train" / f"{name}.{i}.jpg", label, seed=zlib.crc32(f"{name}.{i}".encode()) % 10_000)
     for i in range(test):
         make_image(root / "test" / f"{i + 1}.jpg", i % 2, seed=1000 + i)
     return root
@@ -121,6 +123,33 @@ def start_script(script: str, args, cwd):
 
     command, env = _script(script, args)
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` (a dotted name too) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package of a dotted name is missing
+        return False
+
+
+def extra_marks(extra: str, *modules: str) -> list[pytest.MarkDecorator]:
+    """The marks of a test that needs ``modules``, which ``pip install -e ".[EXTRA]"`` installs: ``extras``
+    (``pytest -m extras`` runs these tests alone) and a skip naming the missing modules and that command."""
+    missing = [m for m in modules if not installed(m)]
+    reason = f'needs {", ".join(missing)}: pip install -e ".[{extra}]"'
+    return [pytest.mark.extras, pytest.mark.skipif(bool(missing), reason=reason)]
+
+
+def needs_extra(extra: str, *modules: str):
+    """:func:`extra_marks` as a decorator."""
+
+    def mark(test):
+        for m in extra_marks(extra, *modules):
+            test = m(test)
+        return test
+
+    return mark
 
 
 def tiny_train_cfg(data_dir, out_dir, *extra):

@@ -48,3 +48,26 @@ class WorseEachEpoch(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         trainer.callback_metrics["val/logloss"] = torch.tensor(1.0 + trainer.current_epoch)
+
+
+class NudgeRank(pl.Callback):
+    """Shift one parameter of process ``rank`` at the start of epoch ``epoch``: the replicas then differ."""
+
+    def __init__(self, rank: int = 1, epoch: int = 0):
+        self.rank, self.epoch = rank, epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.global_rank == self.rank and trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                next(pl_module.parameters()).add_(1e-3)
+
+
+class SaveStartWeights(pl.Callback):
+    """Save the weights training starts from to ``path`` (rank zero)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_rank == 0:
+            torch.save({k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}, self.path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from catdog.checkpoints import load_classifier, read_checkpoint
 from catdog.ensemble import read_oof
 from catdog.metrics import log_loss
-from catdog.models.calibration import calibration_record, fit_temperature, nll
+from catdog.models.calibration import calibrated_probs, calibration_record, fit_temperature, nll
 from catdog.models.module import ClassifierModule
 from catdog.prediction import predict
 from catdog.submission import submission_text
@@ -62,12 +62,23 @@ def test_temperature_round_trips_through_checkpoint_and_predict(tmp_path):
     rec = result["calibration"]
     t = rec["temperature"]
     assert t != 1.0 and rec["logloss_before"] == pytest.approx(result["val/logloss"], abs=1e-12)
-    assert result["val/logloss_calibrated"] == rec["logloss_after"] <= rec["logloss_before"] + 1e-12
+    assert result["val/logloss_calibrated_in_sample"] == rec["logloss_after"] <= rec["logloss_before"] + 1e-12
     # Fitted on exactly the validation predictions in oof.csv (not on training images).
     _, probs, labels, classes = read_oof(run / "oof.csv")
     y = torch.tensor([classes.index(v) for v in labels])
-    assert fit_temperature(torch.from_numpy(np.log(probs)), y) == pytest.approx(t, rel=1e-6)
+    logp = torch.from_numpy(np.log(probs))
+    assert fit_temperature(logp, y) == pytest.approx(t, rel=1e-6)
     assert rec["images"] == len(labels)
+    # The cross-fitted figure scores each of (up to) 5 parts with a temperature fitted on the others, never on itself.
+    n = min(5, len(y))
+    parts = torch.arange(len(y)) % n
+    scaled = torch.cat(
+        [calibrated_probs(logp[parts == k], fit_temperature(logp[parts != k], y[parts != k])) for k in range(n)]
+    )
+    order = torch.cat([torch.nonzero(parts == k).flatten() for k in range(n)])
+    expected = log_loss(scaled, y[order])
+    assert rec["cross_fit_parts"] == n
+    assert result["val/logloss_cross_fitted"] == rec["logloss_cross_fitted"] == pytest.approx(expected, rel=1e-5)
 
     best = run / "checkpoints" / "best.ckpt"
     assert read_checkpoint(best)["calibration"]["temperature"] == t
@@ -115,7 +126,25 @@ def test_kfold_temperatures_are_fitted_per_fold_on_its_own_validation_images(tmp
         assert float(scores[str(fold)]["temperature"]) == t
     oof = scores["oof"]
     assert float(oof["logloss"]) == manifest["oof"]["logloss"]
-    assert float(oof["logloss_calibrated"]) == manifest["oof"]["logloss_calibrated"]
+    in_sample = float(oof["logloss_calibrated_in_sample"])
+    assert in_sample == manifest["oof"]["logloss_calibrated_in_sample"]
+    # The out-of-fold calibrated score: each fold's rows scaled with a temperature fitted on the other folds' rows.
+    folds = [read_oof(run / f"fold_{m['fold']}" / "oof.csv") for m in manifest["members"]]
+    logps = [torch.from_numpy(np.log(f[1])) for f in folds]
+    ys = [torch.tensor([f[3].index(v) for v in f[2]]) for f in folds]
+    scaled, targets = [], []
+    for k, member in enumerate(manifest["members"]):
+        t_other = fit_temperature(torch.cat(logps[:k] + logps[k + 1 :]), torch.cat(ys[:k] + ys[k + 1 :]))
+        assert member["temperature_cross_fitted"] == pytest.approx(t_other, rel=1e-6)
+        assert float(scores[str(member["fold"])]["temperature_cross_fitted"]) == member["temperature_cross_fitted"]
+        scaled.append(calibrated_probs(logps[k], t_other))
+        targets.append(ys[k])
+    cross = log_loss(torch.cat(scaled), torch.cat(targets))
+    assert (
+        float(oof["logloss_cross_fitted"]) == manifest["oof"]["logloss_cross_fitted"] == pytest.approx(cross, rel=1e-6)
+    )
+    assert cross >= in_sample - 1e-9  # each fold's own temperature is the best one for its rows
+    assert "logloss_cross_fitted:" in (run / "scores.md").read_text()
 
 
 def test_no_calibration_when_switched_off(flat_data, tmp_path):

@@ -26,6 +26,24 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
         instantiate(cb)
 
 
+OPTIMIZERS = sorted(p.stem for p in (Path(CONF_DIR) / "model" / "optimizer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_takes_every_optimizer_group_with_that_groups_own_settings(experiment, tmp_path):
+    """An experiment's optimizer settings go with its optimizer choice: picking another group brings that group's
+    settings alone (no SGD-only nesterov left over for AdamW, no recipe lr carried into another optimizer)."""
+    for optimizer in OPTIMIZERS:
+        cfg = compose_train(
+            [f"experiment={experiment}", "model.weights=null", f"model/optimizer={optimizer}"], output_dir=tmp_path
+        )
+        resolve_preprocessing(cfg)
+        check_train_config(cfg)
+        alone = compose_train([f"model/optimizer={optimizer}"]).model.optimizer
+        if experiment not in ("vgg16",):  # model=vgg16 sets its own lower lr for every optimizer
+            assert cfg.model.optimizer == alone, (experiment, optimizer)
+
+
 def test_experiment_picks_architecture():
     assert compose_train(["experiment=vgg16"]).model.arch == "vgg16"
     assert compose_train(["experiment=vgg16_bn"]).model.arch == "vgg16_bn"

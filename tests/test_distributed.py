@@ -5,19 +5,19 @@ import csv
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from catdog.checkpoints import read_checkpoint
-from catdog.data.datamodule import EpochShuffleSampler
+from catdog.data.datamodule import EpochShuffleSampler, ShardSampler, collate_skip_none
 from catdog.distributed import check_distributed, gather_predictions, launch_rank
 from catdog.ensemble import split_text
 from catdog.errors import ConfigError
-from catdog.training import build_datamodule, build_model, score_checkpoint
-from tests.conftest import CONF_DIR, TINY, compose_train, make_flat, run_script
+from catdog.training import build_datamodule, build_model, build_trainer, score_checkpoint
+from tests.conftest import CONF_DIR, TINY, compose_train, make_flat, needs_extra, run_script
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
 TINY_CLI = [a for a in TINY if not a.startswith("trainer.enable_")]  # the CLI's own progress and summary stay
@@ -135,21 +135,71 @@ def test_distributed_checks(monkeypatch):
     assert launch_rank(2) == 5
 
 
-def test_ddp_steps_see_the_images_of_one_process_with_n_times_the_batch():
-    """Lightning shards catdog's epoch shuffle across ranks (DistributedSamplerWrapper, no shuffle of its own): at
-    every step, the union of the ranks' batches is the one-process batch of world x batch images, and each image
-    keeps its (seed, epoch, index) augmentation seed."""
-    n, world, batch, epoch = 40, 2, 4, 3
+def test_ddp_steps_see_the_images_of_one_process_with_n_times_the_batch(tmp_path):
+    """catdog shards its own epoch shuffle across ranks (Lightning's sampler wrapper, which reshuffles with a seed of
+    its own, is off): at every step the union of the ranks' batches is the one-process batch of world x batch images,
+    each image keeping its (seed, epoch, index) augmentation seed; validation shares cover every image."""
+    n, world, batch, epoch = 41, 2, 4, 3
     one = list(EpochShuffleSampler(n, seed=11, epoch=epoch))
     shards = []
     for rank in range(world):
-        shuffle = EpochShuffleSampler(n, seed=11)
-        sampler = DistributedSamplerWrapper(shuffle, num_replicas=world, rank=rank, shuffle=False)
+        sampler = EpochShuffleSampler(n, seed=11, rank=rank, world=world)
         sampler.set_epoch(epoch)
         shards.append(list(sampler))
+        assert len(shards[-1]) == len(sampler) == 21  # padded to an equal share
     for step in range(n // (world * batch)):
         ranks = [set(s[step * batch : (step + 1) * batch]) for s in shards]
         assert set.union(*ranks) == set(one[step * world * batch : (step + 1) * world * batch])
+    val = [list(ShardSampler(5, rank, 3)) for rank in range(3)]
+    assert sorted(set(i for v in val for i in v)) == [0, 1, 2, 3, 4] and all(len(v) == 2 for v in val)
+    trainer = build_trainer(compose_train([*TINY, *DDP], output_dir=tmp_path))
+    assert trainer._accelerator_connector.use_distributed_sampler is False
+
+
+def _staged(data: Path, out: Path, *extra: str) -> list[str]:
+    """Staged fine-tuning (head 1 epoch, then every layer) of a VGG16 without BatchNorm or dropout, so that 2
+    processes of batch 4 compute what one process of batch 8 does."""
+    return [
+        *TINY_CLI, f"data.dir={data}", "data.val_fraction=0.25", "seed=7", "model.arch=vgg16", "model.dropout=0.0",
+        "model.finetune.head_epochs=1", "model.finetune.blocks=-1", "model.finetune.lr_factor=1.0",
+        "model.optimizer.lr=0.05", "trainer.max_epochs=2", "calibrate=false", f"hydra.run.dir={out}", *extra,
+    ]  # fmt: skip
+
+
+def test_staged_fine_tuning_on_two_processes_trains_like_one(tmp_path):
+    """After the unfreeze every process trains the backbone on the averaged gradient: 2 processes end with the
+    weights and validation log loss of one process with twice the batch, and the replicas are checked every epoch."""
+    data = make_flat(tmp_path / "data", per_class=15, test=0)
+    one = run_script("train.py", _staged(data, tmp_path / "one", "data.batch_size=8"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_args = _staged(data, tmp_path / "two", *DDP, "data.batch_size=4")
+    two = run_script("train.py", two_args, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    logs = two.stdout + two.stderr
+    assert re.search(r"epoch 0: replicas in sync \(2 processes", logs)
+    assert re.search(r"epoch 1: replicas in sync \(2 processes", logs)
+    assert "now trained on every process" in logs
+    weights = [read_checkpoint(tmp_path / r / "checkpoints" / "last.ckpt")["state_dict"] for r in ("one", "two")]
+    backbone = [k for k in weights[0] if ".features." in k]
+    assert backbone and max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-6
+    results = [json.loads((tmp_path / r / "result.json").read_text()) for r in ("one", "two")]
+    assert results[1]["val/logloss"] == pytest.approx(results[0]["val/logloss"], abs=1e-6)
+
+
+def test_replicas_that_drift_apart_stop_the_run(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    out = tmp_path / "run"
+    args = [
+        *TINY_CLI,
+        *DDP,
+        f"data.dir={data}",
+        f"hydra.run.dir={out}",
+        "+callbacks.drift._target_=tests.helpers.NudgeRank",
+    ]
+    run = run_script("train.py", args, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "epoch 0: the model's parameters differ between processes (rank(s) [1] vs rank 0" in run.stdout + run.stderr
+    assert not (out / "checkpoints" / "last.ckpt").exists() and not (out / "result.json").exists()
 
 
 def test_gather_drops_padding_and_repeats_in_index_order():
@@ -179,15 +229,7 @@ def test_gather_drops_padding_and_repeats_in_index_order():
     assert targets.tolist() == [0, 1, 0, 0]
 
 
-def _has_submitit_launcher() -> bool:
-    try:
-        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_submitit = pytest.mark.skipif(not _has_submitit_launcher(), reason="hydra-submitit-launcher not installed")
+needs_submitit = needs_extra("slurm", "hydra_plugins.hydra_submitit_launcher")
 
 
 @needs_submitit
@@ -224,3 +266,21 @@ def test_local_launcher_sweep_of_two_ddp_jobs_writes_its_summary(tmp_path):
         assert json.loads((sweep / job / "result.json").read_text())["val/logloss"] is not None
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.err"))
     assert logs.count("Starting with 2 processes") == 2  # one DDP group of two tasks per job
+
+
+def test_a_batch_of_unreadable_images_joins_the_step_under_ddp(tmp_path):
+    """Skipped in one process; under DDP a zero loss tied to every trainable parameter (so the gradient all-reduce
+    has every process) and the same logging calls as any step (synced values are collectives too)."""
+    model = build_model(compose_train(TINY, output_dir=tmp_path), ["cat", "dog"])
+    logged = []
+    model.log = lambda name, value, **kw: logged.append((name, float(value), kw["batch_size"], kw["sync_dist"]))
+    empty = collate_skip_none([None, None])
+    model._trainer = SimpleNamespace(world_size=1)
+    assert model.training_step(empty, 0) is None and not logged
+    model._trainer = SimpleNamespace(world_size=2)
+    loss = model.training_step(empty, 0)
+    assert float(loss) == 0.0 and loss.requires_grad
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+    assert logged == [("train/loss", 0.0, 0, True), ("train/acc", 0.0, 0, True)]

@@ -4,6 +4,7 @@ checkpoint, and predict.py with such a file."""
 import csv
 import json
 import logging
+import re
 import sys
 
 import pytest
@@ -18,7 +19,15 @@ from catdog.export import export
 from catdog.exported import ExportedClassifier, load_exported
 from catdog.prediction import predict
 from catdog.training import train
-from tests.conftest import CONF_DIR, compose_predict, make_flat, tiny_train_cfg
+from tests.conftest import (
+    CONF_DIR,
+    compose_predict,
+    extra_marks,
+    installed,
+    make_flat,
+    needs_extra,
+    tiny_train_cfg,
+)
 
 TOLERANCE = 1e-4
 
@@ -44,23 +53,13 @@ def trained(tmp_path_factory):
     ckpt = root / "run" / "checkpoints" / "best.ckpt"
     # verify=false: the tests below compare the files with the checkpoint.
     files = {"torchscript": _export(ckpt, root / "model.pt", "format=torchscript", "verify=false")}
-    if _has_onnx():
+    if all(installed(m) for m in ONNX_PACKAGES):
         files["onnx"] = _export(ckpt, root / "model.onnx", "format=onnx", "verify=false")
     return ckpt, data, files
 
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
-
-
-def _has_onnx() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) for m in ONNX_PACKAGES)
-
-
-def _need_onnx() -> None:
-    for name in ONNX_PACKAGES:
-        pytest.importorskip(name)
+needs_onnx = needs_extra("export", *ONNX_PACKAGES)
 
 
 def _images(data, size: int) -> torch.Tensor:
@@ -92,8 +91,8 @@ def _onnx_outputs(path_or_session, x: torch.Tensor):
     return torch.from_numpy(probs), torch.from_numpy(logits), session
 
 
+@needs_onnx
 def test_onnx_file_matches_the_checkpoint(trained):
-    _need_onnx()
     ckpt, data, files = trained
     model = load_classifier(ckpt)
     assert model.temperature is not None
@@ -152,12 +151,10 @@ def checkpoint_submissions(trained, tmp_path_factory):
     return [_predict(ckpt, data, root / str(i), *extra) for i, extra in enumerate(PREDICT_SETTINGS)]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=extra_marks("export", *ONNX_PACKAGES)), "torchscript"])
 def test_predict_py_with_the_exported_file_gives_the_checkpoints_submission(
     trained, checkpoint_submissions, tmp_path, fmt
 ):
-    if fmt == "onnx":
-        _need_onnx()
     _, data, files = trained
     for i, extra in enumerate(PREDICT_SETTINGS):
         expected, got = checkpoint_submissions[i], _predict(files[fmt], data, tmp_path / str(i), *extra)
@@ -189,8 +186,8 @@ def test_predict_with_an_exported_file_needs_input(trained, tmp_path):
         predict(cfg)
 
 
+@needs_onnx
 def test_resnet18_exports_to_onnx_with_a_fixed_batch(tmp_path):
-    _need_onnx()
     data = make_flat(tmp_path / "data", per_class=2, test=3)
     arch = ["model.arch=resnet18", "model.width=1.0", "model.head=native", "+trainer.limit_train_batches=1"]
     train(tiny_train_cfg(data, tmp_path / "run", *arch))
@@ -208,7 +205,7 @@ def test_resnet18_exports_to_onnx_with_a_fixed_batch(tmp_path):
     _assert_logits_close(exported.logits(x), logits)  # 3 images: a batch of 2, then 1 padded to 2
 
 
-def test_bad_settings_are_one_line_errors_naming_the_key(trained, tmp_path, monkeypatch):
+def test_bad_settings_are_one_line_errors_naming_the_key(trained, tmp_path):
     ckpt, _, files = trained
     with pytest.raises(ConfigError, match=r"format must be one of \['onnx', 'torchscript'\], got 'tflite'"):
         _export(ckpt, tmp_path / "m.onnx", "format=tflite")
@@ -224,12 +221,35 @@ def test_bad_settings_are_one_line_errors_naming_the_key(trained, tmp_path, monk
         _export(ckpt, tmp_path / "m.pt", "format=torchscript", "opset=18")
     with pytest.raises(ConfigError, match=r"already an exported model"):
         _export(files["torchscript"], tmp_path / "m2.pt", "format=torchscript")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "missing, verify, named",
+    [
+        (["onnx"], "true", "onnx"),
+        (["onnxruntime"], "true", "onnxruntime"),  # to verify the file
+        (ONNX_PACKAGES, "true", "onnx and onnxscript and onnxruntime"),
+        (ONNX_PACKAGES, "false", "onnx and onnxscript"),
+    ],
+)
+def test_format_onnx_names_every_missing_export_package(trained, tmp_path, monkeypatch, missing, verify, named):
+    """Whichever export packages this environment has: find_spec reports ``missing`` absent and the others present."""
+    import importlib.machinery
     import importlib.util
 
+    ckpt, _, _ = trained
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
-    with pytest.raises(ConfigError, match=r'format=onnx needs onnx, not installed: pip install -e "\.\[export\]"'):
-        _export(ckpt, tmp_path / "m.onnx")
+
+    def fake_find_spec(name, *args):
+        if name in ONNX_PACKAGES:
+            return None if name in missing else importlib.machinery.ModuleSpec(name, None)
+        return find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    message = f'format=onnx needs {named}, not installed: pip install -e ".[export]"'
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _export(ckpt, tmp_path / "m.onnx", f"verify={verify}")
     assert not list(tmp_path.iterdir())
 
 

@@ -24,7 +24,9 @@ from catdog.data.datamodule import CatDogDataModule, ImageDataset, collate_skip_
 from catdog.data.images import check_image, find_bad_images, is_image_file, list_image_files, load_image
 from catdog.data.layouts import detect_layout, find_unlabelled, read_class_folders, read_flat_folder, read_labelled
 from catdog.data.transforms import eval_transform
-from catdog.errors import BadImageError, DatasetError
+from catdog.ensemble import split_text
+from catdog.errors import BadImageError, ConfigError, DatasetError
+from catdog.resume import check_same_split
 from tests.conftest import make_flat, make_image, tiny_train_cfg
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -722,3 +724,39 @@ def test_fit_survives_files_corrupted_after_setup(flat_data, tmp_path):
     trainer.fit(model, datamodule=dm)
     assert trainer.state.finished and trainer.current_epoch == 1
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["val/logloss"])))
+
+
+def _assignments(datamodule) -> dict[str, str]:
+    return {line.split(",")[0]: line.split(",")[2] for line in split_text(datamodule).splitlines()[1:]}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("folds", [None, 3])
+def test_split_and_folds_do_not_depend_on_which_unreadable_images_were_found(dirty_flat, tmp_path, folds):
+    """The split is made over every listed file, so finding the unreadable ones (verify, cache) or not (verify=none)
+    moves no readable image to another side or fold, and a resume with other such settings keeps its split."""
+    root, bad = dirty_flat
+    found = {}
+    for name, extra in {"full": {}, "none": {"verify": "none"}, "cache": {"cache": True}}.items():
+        dm = CatDogDataModule(
+            dir=str(root), image_size=32, folds=folds, fold=0 if folds else None, seed=3, num_workers=0,
+            cache_dir=str(tmp_path / "cache"), **extra,
+        )  # fmt: skip
+        dm.setup("fit")
+        found[name] = (_assignments(dm), split_text(dm))
+    bad_names = {os.path.relpath(p, root) for p in bad}
+    readable = found["full"][0]
+    assert readable and not bad_names & set(readable)
+    assert found["cache"][0] == readable
+    assert {p: a for p, a in found["none"][0].items() if p not in bad_names} == readable
+    assert bad_names <= set(found["none"][0])  # verify=none lists them: they are only found while training
+    check_same_split("ckpt", _with_split(tmp_path / "run", found["none"][1]), tmp_path, found["full"][1])
+    moved = found["full"][1].replace(",0\n" if folds else ",val\n", ",1\n" if folds else ",train\n", 1)
+    with pytest.raises(ConfigError, match="split differs"):
+        check_same_split("ckpt", _with_split(tmp_path / "run", found["none"][1]), tmp_path, moved)
+
+
+def _with_split(run: Path, text: str) -> Path:
+    run.mkdir(exist_ok=True)
+    (run / "split.csv").write_text(text)
+    return run

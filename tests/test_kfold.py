@@ -19,6 +19,7 @@ from tests.conftest import (
     make_class_folders,
     make_flat,
     make_image,
+    needs_extra,
     run_script,
     tiny_train_cfg,
 )
@@ -202,8 +203,8 @@ def _crash_factory():
     return _CRASH()
 
 
+@needs_extra("optuna", "hydra_plugins.hydra_optuna_sweeper")
 def test_optuna_search_returns_the_metric_to_the_sampler(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     data = make_flat(tmp_path / "data", per_class=6, test=0)
     args = [
         "hparams_search=optuna", f"data.dir={data}", "model.weights=null", "model.width=0.0625",

@@ -15,7 +15,7 @@ from catdog import loggers
 from catdog.errors import ConfigError
 from catdog.run_folder import CSVLogger, metrics_file
 from catdog.training import _continue_history, train
-from tests.conftest import compose_train, make_flat, tiny_train_cfg
+from tests.conftest import compose_train, make_flat, needs_extra, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_logger_configs_are_named_loggers_that_compose():
             hydra.utils.get_class(conf._target_)
 
 
+@needs_extra("loggers", "tensorboard")
 def test_tensorboard_logger_writes_val_logloss_events(data, tmp_path):
-    pytest.importorskip("tensorboard")
     run = tmp_path / "run"
     train(tiny_train_cfg(data, run, "logger=tensorboard"))
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
@@ -90,9 +90,8 @@ def test_tensorboard_logger_writes_val_logloss_events(data, tmp_path):
     assert not (run / "csv").exists()
 
 
+@needs_extra("loggers", "mlflow", "sqlalchemy", "alembic")
 def test_mlflow_logger_records_val_logloss_in_a_local_store(data, tmp_path, log_dir):
-    for module in ("mlflow", "sqlalchemy", "alembic"):
-        pytest.importorskip(module)
     run = tmp_path / "run"
     train(tiny_train_cfg(data, run, "logger=mlflow", f"paths.log_dir={log_dir}"))
     client, runs = _mlflow_runs(log_dir, run)
@@ -102,8 +101,8 @@ def test_mlflow_logger_records_val_logloss_in_a_local_store(data, tmp_path, log_
     assert runs[0].data.params["arch"] == "vgg16_bn"
 
 
+@needs_extra("wandb", "wandb")
 def test_wandb_logger_writes_one_offline_run_per_fold(data, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     home = tmp_path / "home"
     for name, value in {
         "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
@@ -121,9 +120,8 @@ def test_wandb_logger_writes_one_offline_run_per_fold(data, tmp_path, monkeypatc
     assert not home.exists()
 
 
+@needs_extra("loggers", "tensorboard", "mlflow", "sqlalchemy", "alembic")
 def test_many_loggers_resumed_run_keeps_the_csv_history(data, tmp_path, log_dir):
-    for module in ("tensorboard", "mlflow", "sqlalchemy", "alembic"):
-        pytest.importorskip(module)
     run = tmp_path / "run"
     args = ("logger=many_loggers", "trainer.max_epochs=2", f"paths.log_dir={log_dir}")
     _interrupted(tiny_train_cfg(data, run, *args))

@@ -172,13 +172,15 @@ def test_run_split_file_scores_the_validation_images(trained, tmp_path):
     run = ckpt.parent.parent
     result = json.loads((run / "result.json").read_text())
     val_rows = [r for r in _read(run / "split.csv")[1:] if r[2] == "val"]
-    for calibrate, key in (("false", "val/logloss"), ("true", "val/logloss_calibrated")):
+    for calibrate, key in (("false", "val/logloss"), ("true", "val/logloss_calibrated_in_sample")):
         scores = _predict(
             ckpt, tmp_path / calibrate, f"input={run / 'split.csv'}", "labelled=true", f"calibrate={calibrate}"
         )
         assert scores["images"] == len(val_rows)
         assert scores["log_loss"] == pytest.approx(result[key], abs=2e-3)
         assert scores["accuracy"] == pytest.approx(result["val/acc"])
+        # These images chose the checkpoint's epoch and fitted its temperature: the evaluation says so.
+        assert json.loads((tmp_path / calibrate / "evaluation.json").read_text())["in_sample"] is True
     with pytest.raises(DatasetError, match="not a catdog split.csv"):
         _predict(ckpt, tmp_path / "bad", f"input={run / 'oof.csv'}", "labelled=true")
 

@@ -2,11 +2,14 @@
 
 import io
 import logging
+import sys
 
+import pytest
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 
 from catdog.callbacks import LogProgress, progress_bar
 from catdog.progress import Periodic
+from tests.conftest import installed
 
 
 class FakeTerminal(io.StringIO):
@@ -16,9 +19,14 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_bar_in_a_terminal_log_lines_otherwise(monkeypatch):
     assert isinstance(progress_bar(io.StringIO()), LogProgress)
-    assert isinstance(progress_bar(FakeTerminal()), RichProgressBar)
-    monkeypatch.setitem(__import__("sys").modules, "rich", None)  # rich not installed
+    monkeypatch.setitem(sys.modules, "rich", None)  # rich not installed
     assert isinstance(progress_bar(FakeTerminal()), TQDMProgressBar)
+
+
+@pytest.mark.extras  # rich belongs to no extra; the optuna extra installs it (optuna -> cliff -> cmd2 -> rich)
+@pytest.mark.skipif(not installed("rich"), reason="needs rich: pip install rich")
+def test_progress_bar_in_a_terminal_is_rich_when_installed():
+    assert isinstance(progress_bar(FakeTerminal()), RichProgressBar)
 
 
 def test_periodic_lines_count_up_and_close(caplog, monkeypatch):

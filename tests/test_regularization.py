@@ -3,6 +3,7 @@ resizing. Each test fails if its switch does nothing."""
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from omegaconf import open_dict
 from PIL import Image
 from torchvision.transforms import v2
 
+from catdog.averaging import ema_decay
 from catdog.checkpoints import load_classifier, read_checkpoint
 from catdog.data.datamodule import EpochShuffleSampler, ImageDataset, make_loader
 from catdog.data.transforms import ProgressiveTransform, build_mixer, eval_transform, progressive_size, train_transform
@@ -101,6 +103,99 @@ def test_swa_result_is_the_averaged_model(tmp_path):
     paths, labels, oof = _oof(run)
     model = load_classifier(run / "checkpoints" / "swa.ckpt")
     np.testing.assert_allclose(_predict(model, data, paths, [0] * len(paths)), oof, atol=1e-5)
+
+
+class Watch(pl.Callback):
+    """Records per epoch: training batches, calls of the module's mixer, and each optimizer group's (name, lr,
+    swa_lr) at the epoch's last batch; and the weights when training starts and after its last step."""
+
+    def __init__(self):
+        self.batches, self.mixed, self.groups, self.start, self.end = {}, {}, {}, None, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        mixer, watch = pl_module.mixer, self
+
+        def counting(x, y):
+            epoch = trainer.current_epoch
+            watch.mixed[epoch] = watch.mixed.get(epoch, 0) + 1
+            return mixer(x, y)
+
+        if mixer is not None:
+            pl_module.mixer = counting
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        epoch = trainer.current_epoch
+        self.batches[epoch] = self.batches.get(epoch, 0) + 1
+        self.groups[epoch] = [(g["name"], g["lr"], g.get("swa_lr")) for g in trainer.optimizers[0].param_groups]
+        self.end = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+_WATCH = Watch()
+
+
+def _watch_factory():
+    return _WATCH
+
+
+def _watched(cfg):
+    with open_dict(cfg):
+        cfg.callbacks["watch"] = {"_target_": f"{__name__}._watch_factory"}
+    _WATCH.__init__()
+    return cfg
+
+
+def test_swa_keeps_each_groups_learning_rate_and_re_estimates_batchnorm_on_plain_batches(tmp_path):
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    cfg = tiny_train_cfg(
+        data, tmp_path / "run", "averaging=swa", "callbacks.averaging.swa_epoch_start=0.34",
+        "callbacks.averaging.swa_lrs=0.05", "model.finetune.lr_factor=0.1", "trainer.max_epochs=3",
+        "model.mixing.mixup_alpha=0.2", "model.mixing.prob=1.0", "trainer.precision=32-true",
+    )  # fmt: skip
+    train(_watched(cfg))
+    # Epochs 0-2 train (mixed batches); epoch 3 is the extra pass that re-estimates BatchNorm statistics.
+    assert sorted(_WATCH.batches) == [0, 1, 2, 3]
+    assert all(_WATCH.mixed.get(e, 0) == _WATCH.batches[e] for e in (0, 1, 2))
+    assert _WATCH.mixed.get(3, 0) == 0
+    # The backbone's SWA learning rate keeps model.finetune.lr_factor: 0.05 for the head, 0.005 for the backbone.
+    groups = _WATCH.groups[2]
+    assert {name for name, _, _ in groups} >= {"head", "backbone"}
+    for name, lr, swa_lr in groups:
+        expected = 0.05 if name.startswith("head") else 0.005
+        assert swa_lr == pytest.approx(expected) and lr == pytest.approx(expected)
+
+
+def test_ema_warm_up_lets_the_average_follow_training(tmp_path):
+    """With decay 0.999 and a few dozen steps, a plain EMA would still be almost the initial weights; the warm-up
+    makes it an average of recent ones (and without it, the opposite holds)."""
+    data = make_flat(tmp_path / "data", per_class=12, test=0)
+    run = tmp_path / "run"
+
+    def distances(*extra):
+        cfg = tiny_train_cfg(data, run, "averaging=ema", "trainer.max_epochs=3", "trainer.precision=32-true", *extra)
+        train(_watched(cfg))
+        ema = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+        weights = [k for k in ema if k.endswith("weight")]
+
+        def dist(other):
+            return sum(float((ema[k] - other[k]).norm()) for k in weights)
+
+        return dist(_WATCH.start), dist(_WATCH.end)
+
+    to_start, to_end = distances()
+    assert to_end < to_start
+    shutil.rmtree(run)
+    to_start, to_end = distances("callbacks.averaging.warmup_power=null")
+    assert to_start < to_end
+
+
+def test_ema_decay_warm_up():
+    assert ema_decay(0.999, 0, None) == 0.999
+    assert ema_decay(0.999, 1, 0.75) == pytest.approx(1 - 2**-0.75)
+    assert ema_decay(0.999, 10**6, 0.75) == 0.999  # capped by the configured decay
+    assert [ema_decay(0.999, n, 0.75) for n in (10, 100, 1000)] == sorted(
+        ema_decay(0.999, n, 0.75) for n in (10, 100, 1000)
+    )
 
 
 def test_missing_averaging_callback_is_named(tmp_path):

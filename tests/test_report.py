@@ -92,7 +92,7 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     result = json.loads((run / "result.json").read_text())
     t = result["calibration"]["temperature"]
     assert numbers["ece"]["before"] == pytest.approx(fg.reliability_data(probs, targets)["ece"])
-    assert numbers["ece"][f"after T = {t:.3f}"] == pytest.approx(
+    assert numbers["ece"][f"after T = {t:.3f} (fitted on these images: in-sample)"] == pytest.approx(
         fg.reliability_data(fg.scale_probs(probs, t), targets)["ece"]
     )
     assert numbers["unfreeze_epoch"] == 1

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
 
 from catdog.checkpoints import read_checkpoint
@@ -87,6 +88,14 @@ def test_resume_command_repeats_the_overrides_in_the_same_folder(tmp_path):
         ("model.optimizer.lr=0.5", r"model\.optimizer\.lr: checkpoint 0\.01 vs config 0\.5"),
         ("model.finetune.blocks=2", r"model\.finetune\.blocks: checkpoint -1 vs config 2"),
         ("model.decay_bias_and_norm=true", r"model\.decay_bias_and_norm: checkpoint False vs config True"),
+        # the schedule: its length, its shape, and the weight average restored with it
+        ("trainer.max_epochs=4", r"trainer\.max_epochs: checkpoint 2 vs config 4.*model\.init="),
+        (
+            "model/scheduler=onecycle",
+            r"model\.scheduler\._target_: checkpoint '\S+warmup_cosine' vs config '\S+one_cycle'",
+        ),
+        ("averaging=ema", r"callbacks\.averaging\._target_: checkpoint None vs config '\S+EMAWeightAveraging'"),
+        ("data.batch_size=2", r"schedule spans 2 optimizer steps \(1 per epoch\), this run's 6 \(3 per epoch\)"),
     ],
 )
 def test_resume_with_changed_optimizer_settings_is_refused_naming_the_key(override, message, tmp_path):
@@ -98,15 +107,48 @@ def test_resume_with_changed_optimizer_settings_is_refused_naming_the_key(overri
     )  # fmt: skip
     _interrupted(cfg)
     last = (run / "checkpoints" / "last.ckpt").read_bytes()
-    with pytest.raises(CheckpointError, match=message):
-        train(tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.optimizer.lr=0.01", override))
+    with pytest.raises(CheckpointError, match=message) as err:
+        train(tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.optimizer.lr=0.01", *override.split()))
+    assert "\n" not in str(err.value)
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
+
+
+def _start_weights(cfg, path):
+    return _with_callback(cfg, "start", "tests.helpers.SaveStartWeights", path=str(path))
+
+
+def test_model_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    """ "Train more" from a finished run: a new folder, epoch 0, a fresh schedule, the checkpoint's weights."""
+    data = make_flat(tmp_path / "data", per_class=4, test=0)
+    first = tmp_path / "first"
+    train(tiny_train_cfg(data, first, "trainer.max_epochs=2"))
+    best = first / "checkpoints" / "best.ckpt"
+    more = tmp_path / "more"
+    train(_start_weights(tiny_train_cfg(data, more, "trainer.max_epochs=2", f"model.init={best}"), tmp_path / "w.pt"))
+    start = torch.load(tmp_path / "w.pt", weights_only=True)
+    saved = read_checkpoint(best)["state_dict"]
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+    assert _val_epochs(more) == [0, 1] and _val_epochs(first) == [0, 1]
+    assert read_checkpoint(more / "checkpoints" / "last.ckpt")["hyper_parameters"]["pretrained"] == str(best)
+    # Only a checkpoint of the same architecture and head, and never one trained on this run's validation images.
+    with pytest.raises(
+        CheckpointError, match=r"model\.init=.*does not fit this model: model\.arch: checkpoint 'vgg16_bn'"
+    ):
+        train(tiny_train_cfg(data, tmp_path / "a", "model.arch=vgg16", f"model.init={best}"))
+    with pytest.raises(ConfigError, match=r"was trained on \d+ of this run's \d+ validation images"):
+        train(tiny_train_cfg(data, tmp_path / "b", "seed=7", f"model.init={best}"))
+    with pytest.raises(ConfigError, match="set one of them"):
+        train(tiny_train_cfg(data, tmp_path / "c", f"model.init={best}", f"ckpt_path={best}"))
 
 
 def test_resume_from_another_runs_checkpoint_copies_its_history(tmp_path):
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     first = tmp_path / "first"
-    train(tiny_train_cfg(data, first, "trainer.max_epochs=2"))
+    _interrupted(
+        _with_callback(
+            tiny_train_cfg(data, first, "trainer.max_epochs=3"), "stop", "tests.helpers.InterruptAt", epoch=2
+        )
+    )
     last = first / "checkpoints" / "last.ckpt"
     train(tiny_train_cfg(data, tmp_path / "more", "trainer.max_epochs=3", f"ckpt_path={last}"))
     assert _val_epochs(tmp_path / "more") == [0, 1, 2]

@@ -47,7 +47,7 @@ def _lock_of(folder: Path, pid: int, **fields) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     stat = run_lock._proc_stat(pid)
     record = {
-        "pid": pid, "host": socket.gethostname(), "boot_id": run_lock._boot_id(),
+        "pid": pid, "pid_ns": run_lock._pid_namespace(), "host": socket.gethostname(), "boot_id": run_lock._boot_id(),
         "process_start": stat[1] if stat else None, "since": "2026-01-01 12:00:00", "time": time.time(),
         "command": "train.py seed=1", "token": "0123456789abcdef", **fields,
     }  # fmt: skip
@@ -172,6 +172,71 @@ def test_lock_from_another_host_is_refused_naming_the_file_to_delete(tmp_path, o
     message = rf"locked by a process \(pid .* delete {path}$"
     with pytest.raises(FolderInUseError, match=message), hold_folder(path.parent):
         pass
+
+
+def test_lock_from_another_pid_namespace_is_refused_naming_the_file_to_delete(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    # Another container on this host and kernel: its pid (not running here) says nothing about that process.
+    path = _lock_of(tmp_path / "container", dead.pid, pid_ns="pid:[4026532999]")
+    before = path.read_bytes()
+    message = (
+        rf"locked by a process in another PID namespace \(pid:\[4026532999\]: another container on this host\) "
+        rf"\(pid {dead.pid} .*cannot be checked from this PID namespace .*delete {path}$"
+    )
+    with pytest.raises(FolderInUseError, match=message), hold_folder(path.parent):
+        pass
+    assert path.read_bytes() == before
+    # This process's own namespace, or a record written before namespaces were recorded: checked by its pid.
+    own = _lock_of(tmp_path / "own", dead.pid)
+    old = _lock_of(tmp_path / "old", dead.pid)
+    record = json.loads(old.read_text())
+    del record["pid_ns"]
+    old.write_text(json.dumps(record) + "\n")
+    for path in (own, old):
+        with caplog.at_level(logging.WARNING, logger="catdog.run_lock"), hold_folder(path.parent):
+            record = json.loads(path.read_text())
+            assert record["pid"] == os.getpid() and record["pid_ns"] == run_lock._pid_namespace()
+        assert not path.exists()
+    assert caplog.text.count(f"took over the lock left by pid {dead.pid}") == 2
+
+
+@pytest.mark.parametrize("error", [FileExistsError(errno.EEXIST, "File exists"), OSError(errno.EIO, "I/O error")])
+def test_lock_linked_although_the_link_failed_is_taken(tmp_path, monkeypatch, error):
+    """On NFS a link whose reply was lost fails when sent again, though the server made it."""
+    link = os.link
+
+    def reply_lost(src, dst):
+        link(src, dst)
+        raise error
+
+    folder = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(run_lock.os, "link", reply_lost)
+        run_lock.claim(folder)
+    try:
+        record = json.loads((folder / LOCK_NAME).read_text())
+        assert record["pid"] == os.getpid() and record["token"] == run_lock._held[run_lock._key(folder)].token
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]  # no temp file left
+    finally:
+        run_lock.release(folder)
+    assert not folder.exists()
+
+
+def test_failed_link_with_one_link_is_a_lock_taken_by_another_process(tmp_path, monkeypatch, other_process):
+    folder = tmp_path / "run"
+    folder.mkdir()
+
+    def taken_meanwhile(src, dst):
+        _lock_of(folder, other_process.pid)
+        raise FileExistsError(errno.EEXIST, "File exists")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_lock.os, "link", taken_meanwhile)
+        with pytest.raises(FolderInUseError, match=rf"in use by another process \(pid {other_process.pid} "):
+            run_lock.claim(folder)
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == other_process.pid
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_NAME]
 
 
 def test_folder_that_cannot_be_locked_is_named(tmp_path, monkeypatch):

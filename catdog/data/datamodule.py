@@ -38,26 +38,56 @@ def check_policy(value: str, key: str = "data.on_bad_image") -> str:
     return value
 
 
+def shard(order: list[int], rank: int, world: int) -> list[int]:
+    """Process ``rank``'s share of ``order`` among ``world`` processes: positions ``rank, rank + world, ...`` after
+    the order is padded with its first items to a multiple of ``world`` (as torch's ``DistributedSampler`` pads), so
+    at every step the union of the processes' batches of B is the one-process batch of ``world`` x B."""
+    if world <= 1 or not order:
+        return list(order)
+    padded = list(order)
+    while len(padded) % world:
+        padded += order[: world - len(padded) % world]
+    return padded[rank::world]
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A shuffle that depends only on (seed, epoch); yields ``epoch * n + i`` so the dataset knows the epoch.
 
     Unlike ``shuffle=True`` it draws nothing from the global RNG, so a resumed run sees the same order and
-    the same augmentations as an uninterrupted one, whatever the number of workers.
+    the same augmentations as an uninterrupted one, whatever the number of workers. Under DDP each process takes its
+    :func:`shard` of the one epoch order (``rank`` of ``world``): the processes' batches of a step together are the
+    one-process batch of ``world`` x the batch size.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0):
+    def __init__(self, n: int, seed: int, epoch: int = 0, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch = n, int(seed), int(epoch)
+        self.rank, self.world = int(rank), max(1, int(world))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world) if self.n else 0
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         offset = self.epoch * self.n
-        return iter((torch.randperm(self.n, generator=g) + offset).tolist())
+        order = (torch.randperm(self.n, generator=g) + offset).tolist()
+        return iter(shard(order, self.rank, self.world))
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``0..n-1`` in order, or this process's :func:`shard` of them under DDP (validation: every process
+    scores its share and :func:`catdog.distributed.gather_predictions` reassembles the whole set)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = shard(list(range(n)), int(rank), max(1, int(world)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 class ImageDataset(Dataset):
@@ -201,6 +231,8 @@ class CatDogDataModule(pl.LightningDataModule):
         self.cache: DecodedCache | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        """Split every listed image (readable or not, so that the split, and a k-fold run's folds, do not depend on
+        ``verify`` or ``cache``), then drop the unreadable ones from each side."""
         if self.train_set is not None:
             return
         hp = self.hparams
@@ -209,25 +241,25 @@ class CatDogDataModule(pl.LightningDataModule):
         layout = detect_layout(self.root)
         self.classes = layout.train.classes
         train, val = layout.train, layout.validation
-        if hp.cache:
-            train, val = self._open_cache(train, val)
-        else:
-            train, val = self._drop_bad(train), self._drop_bad(val) if val is not None else None
+        if hp.folds and val is not None:
+            raise ConfigError(
+                f"data.folds={hp.folds} needs one labelled folder, but {self.root} also has a validation folder; "
+                "k-fold splits train/ itself"
+            )
+        bad = self._find_bad(train, val)
         if hp.folds:
-            if val is not None:
-                raise ConfigError(
-                    f"data.folds={hp.folds} needs one labelled folder, but {self.root} also has a validation folder; "
-                    "k-fold splits train/ itself"
-                )
-            groups = content_groups(train.paths)
-            self.fold_assignment = kfold_assignments(train.labels, hp.folds, hp.seed, groups)
-            tr_idx, val_idx = fold_indices(self.fold_assignment, hp.fold or 0)
-            self.all_labelled = train
+            assignment = kfold_assignments(train.labels, hp.folds, hp.seed, content_groups(train.paths))
+            tr_idx, val_idx = fold_indices(assignment, hp.fold or 0)
+            everything = train
             train, val = train.subset(tr_idx), train.subset(val_idx)
         elif val is None:
-            groups = content_groups(train.paths)
-            tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, groups)
+            tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, content_groups(train.paths))
             train, val = train.subset(tr_idx), train.subset(val_idx)
+        train, val = self._without(train, bad), self._without(val, bad)
+        if hp.folds:
+            keep = [i for i, p in enumerate(everything.paths) if p not in bad]
+            self.all_labelled = everything.subset(keep)
+            self.fold_assignment = [assignment[i] for i in keep]
         self.train_set, self.val_set = train, val
         counts = {c: train.labels.count(i) for i, c in enumerate(self.classes)}
         log.info(
@@ -235,39 +267,34 @@ class CatDogDataModule(pl.LightningDataModule):
             layout.layout, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
         )  # fmt: skip
 
-    def _open_cache(
-        self, train: LabelledImages, val: LabelledImages | None
-    ) -> tuple[LabelledImages, LabelledImages | None]:
-        """Open (or build) the cache of every labelled image, then drop the images it could not decode."""
+    def _find_bad(self, train: LabelledImages, val: LabelledImages | None) -> dict[str, str]:
+        """The unreadable labelled images (path -> reason): those the decoded-image cache could not decode (it is
+        opened or built here, with ``cache``), else those the ``verify`` scan finds (none with ``verify=none``: they
+        are then skipped while training). They stop the run with ``on_bad_image=error``, else are listed once."""
         paths = train.paths + (val.paths if val is not None else [])
-        cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
-        self.cache = open_cache(
-            paths, self._draft(), cache_dir, workers=max(2, self.num_workers), interpolation=self.hparams.interpolation
-        )
-        reasons = dict(self.cache.bad)
-
-        def bad_in(images: LabelledImages) -> list[tuple[str, str]]:
-            return [(p, reasons[p]) for p in images.paths if p in reasons]
-
-        return self._drop_bad(train, bad_in(train)), self._drop_bad(val, bad_in(val)) if val is not None else None
-
-    def _drop_bad(self, images: LabelledImages, bad: list[tuple[str, str]] | None = None) -> LabelledImages:
-        """``images`` without the unreadable ones: ``bad`` if given, else those the ``verify`` scan finds."""
-        if bad is None:
-            mode = self.hparams.verify
-            if mode == "none":
-                return images
-            bad = find_bad_images(images.paths, full=mode == "full", workers=max(2, self.num_workers))
-        if not bad:
-            return images
-        if self.hparams.on_bad_image == "error":
+        workers = max(2, self.num_workers)
+        if self.hparams.cache:
+            cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
+            self.cache = open_cache(paths, self._draft(), cache_dir, workers, interpolation=self.hparams.interpolation)
+            found = list(self.cache.bad)
+        elif self.hparams.verify == "none":
+            found = []
+        else:
+            found = find_bad_images(paths, full=self.hparams.verify == "full", workers=workers)
+        if found and self.hparams.on_bad_image == "error":
             raise BadImageError(
-                bad[0][0], f"{len(bad)} unreadable image(s) (data.on_bad_image=error):\n{format_bad_images(bad)}"
+                found[0][0], f"{len(found)} unreadable image(s) (data.on_bad_image=error):\n{format_bad_images(found)}"
             )
-        self.bad_images += bad
-        log.warning("skipping %d unreadable image(s):\n%s", len(bad), format_bad_images(bad))
-        bad_paths = {p for p, _ in bad}
-        keep = [i for i, p in enumerate(images.paths) if p not in bad_paths]
+        if found:
+            log.warning("skipping %d unreadable image(s):\n%s", len(found), format_bad_images(found))
+        self.bad_images = list(found)
+        return dict(found)
+
+    def _without(self, images: LabelledImages, bad: dict[str, str]) -> LabelledImages:
+        """``images`` without the unreadable ones (``bad``)."""
+        keep = [i for i, p in enumerate(images.paths) if p not in bad]
+        if len(keep) == len(images.paths):
+            return images
         if len({images.labels[i] for i in keep}) < 2:
             raise DatasetError(f"after skipping unreadable images, fewer than two classes remain in {self.root}")
         return images.subset(keep)
@@ -290,19 +317,25 @@ class CatDogDataModule(pl.LightningDataModule):
             self.val_set.paths, self.val_set.labels, transform, hp.on_bad_image, self._draft(), cache=self.cache
         )
 
+    def _rank_world(self) -> tuple[int, int]:
+        """(this process's global rank, number of processes) of the attached Trainer; (0, 1) without one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
+        rank, world = self._rank_world()
         # On resume Lightning builds the loader after restoring the epoch counter: start the shuffle there.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch)
+        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch, rank=rank, world=world)
         # Drop a last partial batch unless it is the only one (of this process's share, under DDP).
-        world = self.trainer.world_size if self.trainer is not None else 1
-        drop_last = -(-len(dataset) // world) > self.hparams.batch_size
+        drop_last = len(sampler) > self.hparams.batch_size
         return make_loader(dataset, self.hparams.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         bs = self.hparams.eval_batch_size or self.hparams.batch_size * 2
-        return make_loader(self.val_dataset(), bs, self.num_workers)
+        dataset = self.val_dataset()
+        return make_loader(dataset, bs, self.num_workers, sampler=ShardSampler(len(dataset), *self._rank_world()))
 
 
 def check_data_config(

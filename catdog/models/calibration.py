@@ -2,7 +2,8 @@
 
 It changes no decision (argmax is the same for every T > 0), only how sure the probabilities are, which is what
 log loss scores. It is fitted on the validation images of the run (for k-fold: each fold on its own out-of-fold
-images), never on the images the model trained on, where a model is always over-confident.
+images), never on the images the model trained on, where a model is always over-confident. A log loss measured with
+T on the images that fitted it is in-sample (optimistic); :func:`cross_fitted` gives the out-of-sample figure.
 """
 
 from __future__ import annotations
@@ -72,14 +73,42 @@ def fit_temperature(logp: torch.Tensor, targets: torch.Tensor, max_iter: int = 1
     return min(max(t, T_MIN), T_MAX)
 
 
+def cross_fitted(
+    logp: torch.Tensor, targets: torch.Tensor, parts: torch.Tensor
+) -> tuple[torch.Tensor, dict[int, float]]:
+    """Out-of-sample calibrated probabilities: the rows of each part (``parts``: one part id per row) scaled with a
+    temperature fitted on the rows of every other part, so no row is scored with a T it helped fit. Returns the
+    probabilities (in row order) and each part's temperature."""
+    parts = torch.as_tensor(parts)
+    probs = torch.empty(logp.shape, dtype=torch.float64)
+    temperatures = {}
+    for part in sorted(set(parts.tolist())):
+        rows, others = parts == part, parts != part
+        t = fit_temperature(logp[others], targets[others]) if bool(others.any()) else 1.0
+        probs[rows] = calibrated_probs(logp[rows], t)
+        temperatures[part] = t
+    return probs, temperatures
+
+
+#: The validation set of a single run is cut into this many parts for the cross-fitted calibrated log loss.
+CROSS_FIT_PARTS = 5
+
+
 def calibration_record(logp: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Fit T on (``logp``, ``targets``): ``{"temperature", "logloss_before", "logloss_after", "images", "errors"}``
-    (``errors``: misclassified images; with none, T is 1, see :func:`fit_temperature`)."""
+    """Fit T on (``logp``, ``targets``): ``{"temperature", "logloss_before", "logloss_after", "logloss_cross_fitted",
+    "cross_fit_parts", "images", "errors"}``. ``logloss_after`` is in-sample (T fitted on the same rows it scores);
+    ``logloss_cross_fitted`` scores each of :data:`CROSS_FIT_PARTS` interleaved parts of the rows with a T fitted on
+    the others, an estimate of the calibrated log loss on images that fitted nothing. ``errors``: misclassified
+    images; with none, T is 1 (see :func:`fit_temperature`)."""
     t = fit_temperature(logp, targets)
+    parts = torch.arange(len(targets)) % max(1, min(CROSS_FIT_PARTS, len(targets)))
+    cross, _ = cross_fitted(logp, targets, parts)
     return {
         "temperature": t,
         "logloss_before": nll(logp, targets),
         "logloss_after": nll(logp, targets, t),
+        "logloss_cross_fitted": log_loss(cross, targets),
+        "cross_fit_parts": int(parts.max()) + 1 if len(targets) else 0,
         "images": len(targets),
         "errors": errors(logp, targets),
     }

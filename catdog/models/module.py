@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from catdog.checkpoints import checkpoint_temperature, upgrade_state_dict
 from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
-from catdog.distributed import gather_predictions
+from catdog.distributed import check_replicas, gather_predictions, note_ddp_parameters, rewrap_ddp
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups, plain
 from catdog.models.tta import predict_views
+from catdog.resume import RUN_SETTINGS_KEY, check_schedule_length
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,14 @@ class ClassifierModule(pl.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         self.mixer = build_mixer(mixing, len(classes))
         self.temperature: float | None = None
+        # True during the pass that re-estimates BatchNorm statistics for averaged weights (catdog.averaging): batches
+        # are then not mixed.
+        self.statistics_pass = False
+        # Saved in every checkpoint and checked on resume (catdog.resume): settings outside the model that the run
+        # depends on (set by catdog.training), and the schedule's step counts (set by configure_optimizers).
+        self.run_settings: dict = {}
+        self._schedule: dict = {}
+        self._restored_settings: dict | None = None
         self._epoch_clock = [0.0, 0.0, 0]
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # (log-probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files and
@@ -164,12 +173,15 @@ class ClassifierModule(pl.LightningModule):
         return self.net.stage_parameters(int(self.hparams.finetune["blocks"]))
 
     def apply_stage(self, epoch: int) -> None:
-        """Freeze or unfreeze the backbone for ``epoch``: a pure function of the epoch, so resume needs no state."""
+        """Freeze or unfreeze the backbone for ``epoch``: a pure function of the epoch, so resume needs no state.
+        Under DDP the wrapper is rebuilt when this changes what trains, so that every trainable parameter's gradient
+        is averaged over the processes (:func:`catdog.distributed.rewrap_ddp`)."""
         unfrozen = epoch >= int(self.hparams.finetune["head_epochs"])
         trainable = {id(p) for p in self._finetune_params()} if unfrozen else set()
         for _, p in self.net.backbone_named_parameters():
             p.requires_grad_(id(p) in trainable)
         self._freeze_modes()
+        rewrap_ddp(self._trainer)
 
     def _freeze_modes(self) -> None:
         """Frozen parts in eval mode (BatchNorm statistics kept, no dropout / stochastic depth), the rest as the
@@ -195,11 +207,14 @@ class ClassifierModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
         self.temperature = checkpoint_temperature(checkpoint)
+        self._restored_settings = checkpoint.get(RUN_SETTINGS_KEY)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Saved weights make the initial ones irrelevant: ``weights=None`` lets ``load_from_checkpoint`` rebuild
-        the model offline, and ``pretrained`` keeps where training started."""
+        the model offline, and ``pretrained`` keeps where training started. The run's settings and schedule length
+        go with them, for resume to check."""
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "weights": None}
+        checkpoint[RUN_SETTINGS_KEY] = {**self.run_settings, **self._schedule}
 
     # ----- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -239,6 +254,7 @@ class ClassifierModule(pl.LightningModule):
                 "model.finetune.blocks=-1 (or use experiment=vgg16_bn_scratch)",
                 ft["head_epochs"], ft["blocks"],
             )  # fmt: skip
+        note_ddp_parameters(self._trainer)  # what Lightning's DDP wrapper registered, before anything changes it
         self.apply_stage(self.current_epoch)
         log.info("epoch %d: %s", self.current_epoch, self.stage_summary())
 
@@ -253,10 +269,10 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
         if x.numel() == 0:  # every image of the batch was unreadable and skipped
-            return None
+            return self._empty_step()
         target = y
         x = normalize(x, self.mean, self.std)
-        if self.mixer is not None:
+        if self.mixer is not None and not self.statistics_pass:
             x, target = self.mixer(x, y)  # soft targets: (B, K) class probabilities
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -271,22 +287,40 @@ class ClassifierModule(pl.LightningModule):
             )
         self._epoch_clock[2] += len(y)
         hard = target.argmax(1) if target.ndim == 2 else target
+        self._log_step(loss, (logits.argmax(1) == hard).float().mean(), len(y))
+        return loss
+
+    def _log_step(self, loss: torch.Tensor, acc: torch.Tensor, images: int) -> None:
         # sync_dist: under DDP, the mean over every process's images (a no-op in one process)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
-        acc = (logits.argmax(1) == hard).float().mean()
-        self.log("train/acc", acc, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images, sync_dist=True)
+        self.log("train/acc", acc, on_epoch=True, batch_size=images, sync_dist=True)
+
+    def _empty_step(self) -> torch.Tensor | None:
+        """The step of a batch with no readable image: skipped in one process. Under DDP every process must take part
+        in the step's gradient all-reduce and logging (a process that skipped them would hang the others), so it
+        returns a zero loss tied to every trainable parameter (zero gradients) and logs with weight 0."""
+        if self.trainer.world_size <= 1:
+            return None
+        params = [p for p in self.parameters() if p.requires_grad]
+        loss = torch.stack([p.sum() for p in params]).sum() * 0.0
+        self._log_step(loss.detach(), loss.detach(), 0)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self._epoch_clock[1] = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        """Training speed of the epoch, from its start to its last training batch (validation excluded)."""
+        """Training speed of the epoch, from its start to its last training batch (validation excluded); under DDP,
+        the check that every process holds the same parameters (before the epoch's checkpoints are written)."""
         start, end, images = self._epoch_clock
-        if end > start and images:
-            self.log("train/epoch_s", end - start, sync_dist=True)
+        distributed = self.trainer.world_size > 1
+        if (end > start and images) or distributed:  # under DDP every process logs (a synced value is a collective)
+            seconds = max(end - start, 0.0)
+            self.log("train/epoch_s", seconds, sync_dist=True)
             # under DDP: the images of every process per second
-            self.log("train/images_per_s", images / (end - start), sync_dist=True, reduce_fx="sum")
+            self.log("train/images_per_s", images / seconds if seconds else 0.0, sync_dist=True, reduce_fx="sum")
+        if distributed:
+            check_replicas(self, self.current_epoch)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch[0], batch[1]
@@ -324,11 +358,16 @@ class ClassifierModule(pl.LightningModule):
             weight_decay=float(factory.keywords.get("weight_decay", 0.0)),
             decay_bias_and_norm=self.hparams.decay_bias_and_norm,
         )
+        for group in groups:  # each group's learning rate relative to the head's (SWA keeps it: catdog.averaging)
+            group["lr_scale"] = group["lr"] / lr
         optimizer = factory(groups)
         scheduler = check_scheduler(self.hparams.scheduler, self.hparams.scheduler_interval)
         if scheduler is None:
             return optimizer
         total, per_epoch = self._steps()
+        # A resumed run continues its checkpoint's schedule: the same number of steps (catdog.resume).
+        check_schedule_length(self._restored_settings, total, per_epoch)
+        self._schedule = {"total_steps": total, "steps_per_epoch": per_epoch}
         head_epochs = int(self.hparams.finetune["head_epochs"])
         unfreeze = head_epochs * per_epoch if head_epochs > 0 and blocks else None
         config = build_scheduler(

@@ -33,6 +33,7 @@ def evaluation_pictures(
     paths: Sequence[str | os.PathLike],
     temperature: float | np.ndarray | None = None,
     applied: str | None = None,
+    fitted: str = "fitted on these images: in-sample",
 ) -> tuple[dict[str, bytes], dict]:
     """Confusion matrix, most confident mistakes, reliability (before and, with ``temperature``, after scaling) and
     ROC (two classes) of ``probs``; returns (PNG bytes by file name, the numbers behind them). ``applied`` names a
@@ -55,7 +56,8 @@ def evaluation_pictures(
     if temperature is None:
         curves = {applied or "as predicted": fg.reliability_data(probs, targets)}
     else:
-        label = f"T = {temperature:.3f}" if np.ndim(temperature) == 0 else "each fold's T"
+        label = f"T = {temperature:.3f}" if np.ndim(temperature) == 0 else "T per fold"
+        label += f" ({fitted})"
         curves = {
             "before": fg.reliability_data(probs, targets),
             f"after {label}": fg.reliability_data(fg.scale_probs(probs, temperature), targets),
@@ -184,7 +186,11 @@ def write_run_report(
     numbers["unfreeze_epoch"] = unfreeze
     summary = [
         ("validation images", numbers["images"]), ("accuracy", result.get("val/acc")),
-        ("log loss", result.get("val/logloss")), ("log loss after temperature", result.get("val/logloss_calibrated")),
+        ("log loss (best epoch, chosen on these images)", result.get("val/logloss")),
+        ("log loss after temperature, cross-fitted (T from other parts of the set)",
+         result.get("val/logloss_cross_fitted")),
+        ("log loss after temperature, in-sample (T fitted on these images)",
+         result.get("val/logloss_calibrated_in_sample", result.get("val/logloss_calibrated"))),
         ("temperature", temperature), *((f"ECE {k}", v) for k, v in numbers["ece"].items()),
         ("ROC AUC", numbers.get("auc")), ("epochs", result.get("epochs")), ("fit time (s)", result.get("fit_time_s")),
     ]  # fmt: skip
@@ -205,10 +211,14 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     root = _data_root(config, data_root)
     manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     rows, probs, targets, classes, names, paths = _oof(run_dir, root)
-    temps = {str(m["fold"]): m.get("temperature") for m in manifest["members"]}
+    # Each fold's rows scaled with the temperature fitted on the other folds (older runs: their own, in-sample).
+    cross = all("temperature_cross_fitted" in m for m in manifest["members"])
+    key = "temperature_cross_fitted" if cross else "temperature"
+    temps = {str(m["fold"]): m.get(key) for m in manifest["members"]}
     per_row = [temps.get(r[2]) for r in rows]
     temperature = np.array(per_row, dtype=np.float64) if all(t is not None for t in per_row) else None
-    pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
+    fitted = "fitted on the other folds" if cross else "each fold's own: in-sample"
+    pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature, fitted=fitted)
     curves = {}
     for member in manifest["members"]:
         metrics = _metrics_csv(run_dir / f"fold_{member['fold']}")
@@ -216,19 +226,20 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
             curves[f"fold {member['fold']}"] = fg.epoch_history(metrics).get("val/logloss", {})
     if curves:
         pictures = {"folds.png": fg.plot_fold_curves(curves), **pictures}
-    header = ("fold", "images", "acc", "logloss", "logloss_calibrated", "temperature")
+    header = (
+        "fold", "images", "acc", "logloss", "logloss_cross_fitted", "logloss_calibrated_in_sample", "temperature",
+        "temperature_cross_fitted",
+    )  # fmt: skip
     fold_rows = [[m.get(k) for k in header] for m in manifest["members"]]
     oof = manifest["oof"]
-    fold_rows.append(
-        ["oof", oof.get("images"), oof.get("acc"), oof.get("logloss"), oof.get("logloss_calibrated"), None]
-    )
+    fold_rows.append(["oof", *(oof.get(k) for k in header[1:6]), None, None])
     numbers["folds"] = [dict(zip(header, r)) for r in fold_rows]
     tables = [("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers)]
     return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"k-fold run {run_dir.name}", pictures, numbers,
                         tables)  # fmt: skip
 
 
-_SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_calibrated": 3, "val/acc": 4}
+_SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_cross_fitted": 3, "val/acc": 4}
 
 
 def sweep_points(rows: Sequence[tuple], metric: str = "val/logloss") -> dict[str, list[tuple[str, float]]]:
@@ -248,7 +259,7 @@ def sweep_points(rows: Sequence[tuple], metric: str = "val/logloss") -> dict[str
 
 def write_sweep_report(sweep_dir: str | os.PathLike, metric: str = "val/logloss") -> Path | None:
     """``summary.png`` beside ``summary.md``: ``metric`` of every job against each override that varies (metrics
-    other than val/logloss, val/logloss_calibrated and val/acc: val/logloss)."""
+    other than val/logloss, val/logloss_cross_fitted and val/acc: val/logloss)."""
     from catdog.sweep import sweep_rows
 
     sweep_dir = Path(sweep_dir)
