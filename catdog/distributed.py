@@ -221,14 +221,11 @@ class ReplicaDriftError(CatdogError):
 def parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
     """Two float64 numbers that change with any parameter: the sum of all parameters, and a sum weighted by each
     tensor's position (so swapped or shifted values count too)."""
-    params = [p.detach() for p in module.parameters()]
-    device = params[0].device if params else torch.device("cpu")
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i, p in enumerate(params, start=1):
-        s = p.double().sum()
-        total[0] += s
-        total[1] += s * i + p.double().abs().sum() / i
-    return total
+    # (sum, sum of absolute values) of each tensor, one float64 copy at a time
+    copies = (p.detach().double() for p in module.parameters())
+    sums = torch.stack([torch.stack([d.sum(), d.abs().sum()]) for d in copies])
+    position = torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)
+    return torch.stack([sums[:, 0].sum(), (sums[:, 0] * position + sums[:, 1] / position).sum()])
 
 
 def compare_checksums(gathered: torch.Tensor, epoch: int, rtol: float = 1e-9) -> None:

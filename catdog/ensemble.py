@@ -194,10 +194,10 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     calibrated = all(r["temperature"] is not None for r in fold_rows)
     if calibrated:
         overall["logloss_calibrated_in_sample"] = scores(np.concatenate(all_scaled), all_labels, classes)["logloss"]
-        _cross_fit(fold_rows, all_probs, all_labels, classes, overall)
-        for member, row in zip(members, fold_rows):
-            member["logloss_cross_fitted"] = row["logloss_cross_fitted"]
-            member["temperature_cross_fitted"] = row["temperature_cross_fitted"]
+        per_fold, overall["logloss_cross_fitted"] = _cross_fit(all_probs, all_labels, classes)
+        for row, member, cross in zip(fold_rows, members, per_fold):
+            row.update(cross)
+            member.update(cross)
     if len({r[0] for r in oof_rows}) != len(oof_rows):
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
     header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
@@ -234,22 +234,24 @@ SCORES_NOTE = (
 )
 
 
-def _cross_fit(fold_rows: list[dict], probs: list[np.ndarray], labels: list[str], classes, overall: dict) -> None:
-    """Add each fold's ``temperature_cross_fitted`` / ``logloss_cross_fitted`` (its rows scaled with a temperature
-    fitted on the other folds' rows) to ``fold_rows``, and the out-of-fold total to ``overall``."""
+def _cross_fit(probs: list[np.ndarray], labels: list[str], classes) -> tuple[list[dict], float]:
+    """Each fold's ``{"temperature_cross_fitted", "logloss_cross_fitted"}`` (its rows, ``probs[i]``, scaled with a
+    temperature fitted on the other folds' rows) and the out-of-fold log loss of all rows so scaled."""
     index = {c: i for i, c in enumerate(classes)}
     logp = torch.from_numpy(np.log(np.clip(np.concatenate(probs), 1e-300, 1.0)))
     targets = torch.tensor([index[y] for y in labels])
     parts = torch.cat([torch.full((len(p),), i) for i, p in enumerate(probs)])
     scaled, temperatures = cross_fitted(logp, targets, parts)
     scaled = scaled.numpy()
-    start = 0
-    for i, row in enumerate(fold_rows):
-        end = start + len(probs[i])
-        row["temperature_cross_fitted"] = temperatures[i]
-        row["logloss_cross_fitted"] = scores(scaled[start:end], labels[start:end], classes)["logloss"]
-        start = end
-    overall["logloss_cross_fitted"] = scores(scaled, labels, classes)["logloss"]
+    ends = np.cumsum([len(p) for p in probs])
+    per_fold = [
+        {
+            "temperature_cross_fitted": temperatures[i],
+            "logloss_cross_fitted": scores(scaled[end - len(p) : end], labels[end - len(p) : end], classes)["logloss"],
+        }
+        for i, (p, end) in enumerate(zip(probs, ends))
+    ]
+    return per_fold, scores(scaled, labels, classes)["logloss"]
 
 
 def _exact(v) -> str:

@@ -30,8 +30,8 @@ RESUME_KEYS = (
     "arch", "classes", "head", "head_hidden", "width", "optimizer", "decay_bias_and_norm", "finetune", "scheduler",
     "scheduler_interval",
 )  # fmt: skip
-# What a checkpoint's weights must share with the model that model.init loads them into.
-INIT_KEYS = ("arch", "classes", "head", "head_hidden", "width")
+# What a checkpoint's weights must share with the model that model.init loads them into (and its classes).
+INIT_KEYS = ("arch", "head", "head_hidden", "width")
 #: Checkpoint key of the settings a resume must keep that are not the model's (:func:`run_settings`).
 RUN_SETTINGS_KEY = "run_settings"
 TRAIN_MORE = "to train more from its weights, start a new run with model.init={path}"
@@ -50,6 +50,7 @@ def _differences(before: dict, now: dict) -> list[str]:
 
 
 def _model_differences(saved: dict, hparams, keys) -> list[str]:
+    """:func:`_differences` of ``keys`` between a checkpoint's hyperparameters and a model's (or ``cfg.model``)."""
     diffs = []
     for key in keys:
         name = key if key == "classes" else f"model.{key}"
@@ -110,7 +111,7 @@ def checkpoint_run(checkpoint: str | os.PathLike) -> Path | None:
 
 
 def _assignments(text: str) -> dict[str, tuple[str, ...]]:
-    """``path -> (label, split or fold)`` of a split.csv's text."""
+    """``path -> (label, its split or fold, "split" or "fold")`` of a split.csv's text."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     return {row[0]: (*row[1:], header[-1] if header else "") for row in reader if row}
@@ -147,10 +148,7 @@ def read_init(path: str | os.PathLike) -> dict:
 def check_init(cfg: DictConfig) -> None:
     """Before any data is read: ``model.init`` names a catdog checkpoint of the configured architecture and head."""
     ckpt = read_init(cfg.model.init)
-    hp = ckpt["hyper_parameters"]
-    diffs = []
-    for key in ("arch", "head", "head_hidden", "width"):
-        diffs += _differences({f"model.{key}": hp.get(key)}, {f"model.{key}": plain(cfg.model.get(key))})
+    diffs = _model_differences(ckpt["hyper_parameters"], cfg.model, INIT_KEYS)
     if diffs:
         raise CheckpointError(f"model.init={cfg.model.init} does not fit this model: {'; '.join(diffs)}")
 
@@ -159,7 +157,7 @@ def load_init(model, path: str | os.PathLike, ckpt: dict) -> None:
     """Load the weights of checkpoint ``path`` (``ckpt``) into ``model`` for a new run, after checking that both have
     the same architecture, head and classes (named in one line when they do not). An EMA run's checkpoint holds the
     averaged weights, which are the ones loaded."""
-    diffs = _model_differences(ckpt["hyper_parameters"], model.hparams, INIT_KEYS)
+    diffs = _model_differences(ckpt["hyper_parameters"], model.hparams, (*INIT_KEYS, "classes"))
     if diffs:
         raise CheckpointError(f"model.init={path} does not fit this model: {'; '.join(diffs)}")
     model.load_state_dict(upgrade_state_dict(ckpt["state_dict"]), strict=True)
@@ -168,12 +166,12 @@ def load_init(model, path: str | os.PathLike, ckpt: dict) -> None:
 def _trained_on(run: Path) -> set[str]:
     """The images (paths relative to the data folder) that trained the checkpoints of ``run``: its split.csv's
     ``train`` rows, or for a k-fold fold every fold but its own."""
-    with open(run / "split.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "split" in rows[0]:
-        return {r["path"] for r in rows if r["split"] == "train"}
+    rows = _assignments((run / "split.csv").read_text())
     fold = run.name[5:] if run.name.startswith("fold_") else None
-    return {r["path"] for r in rows if fold is None or r.get("fold") != fold}
+    return {
+        path for path, (_, side, kind) in rows.items()
+        if (side == "train" if kind == "split" else fold is None or side != fold)
+    }  # fmt: skip
 
 
 def check_init_split(path: str | os.PathLike, validation: list[str]) -> None:

@@ -117,11 +117,11 @@ def resolve_preprocessing(cfg: DictConfig) -> None:
     )  # fmt: skip
 
 
-def _preprocessing(cfg: DictConfig) -> dict:
-    """What the starting weights expect: a ``model.init`` checkpoint's own preprocessing, else that of the pretrained
-    weights (:func:`catdog.models.weights.eval_preprocessing`)."""
+def _preprocessing(cfg: DictConfig, init: dict | None = None) -> dict:
+    """What the starting weights expect: a ``model.init`` checkpoint's own preprocessing (``init``: that checkpoint,
+    if already read), else that of the pretrained weights (:func:`catdog.models.weights.eval_preprocessing`)."""
     if cfg.model.get("init"):
-        hp = read_init(cfg.model.init)["hyper_parameters"]
+        hp = (init or read_init(cfg.model.init))["hyper_parameters"]
         return {k: hp.get(k, DEFAULT_PREPROCESSING[k]) for k in DEFAULT_PREPROCESSING}
     return eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
 
@@ -129,8 +129,9 @@ def _preprocessing(cfg: DictConfig) -> dict:
 def build_model(cfg: DictConfig, classes: list[str]):
     """The configured model; with ``model.init=PATH``, holding that checkpoint's weights (no download)."""
     resolve_preprocessing(cfg)
-    preset = _preprocessing(cfg)
     init = cfg.model.get("init")
+    init_ckpt = read_init(init) if init else None
+    preset = _preprocessing(cfg, init_ckpt)
     model = hydra.utils.instantiate(
         {k: v for k, v in plain(cfg.model).items() if k != "init"},
         classes=classes,
@@ -144,7 +145,7 @@ def build_model(cfg: DictConfig, classes: list[str]):
         _convert_="all",
     )
     if init:
-        load_init(model, init, read_init(init))
+        load_init(model, init, init_ckpt)
         log.info("model.init: weights of %s", init)
     return model
 

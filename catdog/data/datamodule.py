@@ -67,7 +67,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-self.n // self.world) if self.n else 0
+        return -(-self.n // self.world)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -81,7 +81,7 @@ class ShardSampler(Sampler[int]):
     scores its share and :func:`catdog.distributed.gather_predictions` reassembles the whole set)."""
 
     def __init__(self, n: int, rank: int = 0, world: int = 1):
-        self.indices = shard(list(range(n)), int(rank), max(1, int(world)))
+        self.indices = shard(list(range(n)), int(rank), int(world))
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -101,14 +101,14 @@ def calibration_record(logp: torch.Tensor, targets: torch.Tensor) -> dict[str, f
     the others, an estimate of the calibrated log loss on images that fitted nothing. ``errors``: misclassified
     images; with none, T is 1 (see :func:`fit_temperature`)."""
     t = fit_temperature(logp, targets)
-    parts = torch.arange(len(targets)) % max(1, min(CROSS_FIT_PARTS, len(targets)))
-    cross, _ = cross_fitted(logp, targets, parts)
+    n_parts = min(CROSS_FIT_PARTS, len(targets))
+    cross, _ = cross_fitted(logp, targets, torch.arange(len(targets)) % max(1, n_parts))
     return {
         "temperature": t,
         "logloss_before": nll(logp, targets),
         "logloss_after": nll(logp, targets, t),
         "logloss_cross_fitted": log_loss(cross, targets),
-        "cross_fit_parts": int(parts.max()) + 1 if len(targets) else 0,
+        "cross_fit_parts": n_parts,
         "images": len(targets),
         "errors": errors(logp, targets),
     }
