@@ -6,6 +6,7 @@
 #   machine.txt            GPU, driver, torch versions
 #   recipe.md              the recipe's command, wall time, the first epochs' validation scores, val accuracy /
 #                          log loss (raw, calibrated in-sample and cross-fitted, tta=5)
+#   pipeline_throughput.md bench/pipeline_throughput.py (workers vs device pipeline against model-only, 3 sizes)
 #   train_throughput.md    bench/train_throughput.py (model-only, catdog pipeline, baseline) per batch size
 #   predict_throughput.md  bench/predict_throughput.py (tta 0 and 5, bf16 vs fp32)
 #   run/                   the training run folder (checkpoints, result.json, oof.csv, csv/metrics.csv)
@@ -57,6 +58,10 @@ if [[ $STAGES == *recipe* ]]; then
 fi
 
 if [[ $STAGES == *bench* ]]; then
+    # end-to-end / model-only images/s of both training pipelines at 112, 144 and 176 px (eager)
+    python bench/pipeline_throughput.py --data "$DATA/train" --device cuda --sizes 112,144,176 --steps 40 \
+        --warmup 8 --workers "$WORKERS" 2>&1 | tee "$OUT/pipeline_throughput.log" | grep -E "^\||images/s" \
+        | tee "$OUT/pipeline_throughput.md"
     python bench/train_throughput.py --device cuda --data "$DATA/train" --width 1 --image-size 176 \
         --batch-sizes 64,128,256 --steps 50 --warmup 10 --workers "$WORKERS" | tee "$OUT/train_throughput.md"
     python bench/predict_throughput.py --device cuda --data "$DATA/test" --images 2000 --width 1 --image-size 176 \

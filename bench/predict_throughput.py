@@ -1,16 +1,20 @@
 """Prediction throughput (images/s) for tta=0 and tta=N: catdog's loader + predict_loader, and the model alone.
 
-For each configuration (precision x memory layout) and each TTA depth:
-  loader:     ImageDataset + eval_transform + make_loader over JPEGs, then catdog.prediction.predict_loader with the
-              row's precision (predict.py's precision=32|bf16|16). Includes DataLoader worker start-up.
-  model-only: a synthetic uint8 batch already on the device through ClassifierModule.predict_proba(x, tta).
+For each configuration (precision x memory layout), each decoder (--decoders) and each TTA depth:
+  loader:     the images as predict.py reads them, then catdog.prediction.predict_loader with the row's precision
+              (predict.py's precision=32|bf16|16). Decoder pil: ImageDataset + eval_transform + make_loader (PIL in
+              DataLoader worker processes; includes their start-up); fast: catdog.data.decode.fast_loader (nvJPEG
+              batches with --workers reading threads on CUDA; libjpeg-turbo / PIL draft mode + tensor resize in
+              --workers DataLoader processes on the CPU).
+  model-only: a synthetic uint8 batch already on the device through ClassifierModule.predict_proba(x, tta) (the same
+              for every decoder).
 images/s counts input images (not views); "time x" is the time of tta=N over the time of tta=0 for that row's
-configuration.
+configuration and decoder.
 
 Examples:
     python bench/predict_throughput.py --data /path/to/dogs-vs-cats/test                  # CPU: small defaults
     python bench/predict_throughput.py --device cuda --data /path/to/dogs-vs-cats/test --images 2000 \\
-        --width 1 --image-size 224 --batch-size 128 --workers 8
+        --width 1 --image-size 224 --batch-size 128 --workers 8 --decoders pil,fast
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from common import (  # noqa: E402
 )
 
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader  # noqa: E402
+from catdog.data.decode import EvalGeometry, fast_loader  # noqa: E402
 from catdog.data.transforms import eval_resize_size, eval_transform  # noqa: E402
 from catdog.models.module import ClassifierModule  # noqa: E402
 from catdog.prediction import predict_loader  # noqa: E402
@@ -87,16 +92,19 @@ def model_only(
     return repeats * batch_size / elapsed
 
 
-def loader_rate(args, model, device, dtype, tta: int, paths) -> float:
-    dataset = ImageDataset(
-        paths,
-        None,
-        eval_transform(args.image_size, 0.875),
-        "error",
-        eval_resize_size(args.image_size, 0.875),
-    )
-    loader = make_loader(dataset, args.batch_size, args.workers)
+def loader_rate(args, model, device, dtype, tta: int, paths, decoder: str = "pil") -> float:
     t0 = now(device)
+    if decoder == "fast":
+        loader = fast_loader(paths, EvalGeometry(args.image_size, 0.875), args.batch_size, device, args.workers)
+    else:
+        dataset = ImageDataset(
+            paths,
+            None,
+            eval_transform(args.image_size, 0.875),
+            "error",
+            eval_resize_size(args.image_size, 0.875),
+        )
+        loader = make_loader(dataset, args.batch_size, args.workers)
     precision = {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}[dtype]
     probs, _ = predict_loader(model, loader, tta, device, precision, compile=args.compile)
     elapsed = now(device) - t0
@@ -123,6 +131,12 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=None, help="untimed model-only batches (default: 1 CPU, 5 CUDA)")
     p.add_argument("--skip-loader", action="store_true", help="model-only figures only")
     p.add_argument(
+        "--decoders",
+        default="pil,fast",
+        help="comma-separated loader decoders (predict.py decoder=): pil (PIL in DataLoader workers) and/or fast "
+        "(catdog.data.decode.fast_loader: nvJPEG on CUDA, libjpeg-turbo on the CPU)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the forward pass (model-only: compilation untimed; loader: compilation included)",
@@ -144,6 +158,9 @@ def main(argv=None) -> None:
         configs = ["bf16-channels_last", "fp32-nchw"]
     else:
         configs = [c for c in CONFIGS if CONFIGS[c][0] is None or cpu_supports_bf16()]
+    decoders = args.decoders.split(",")
+    if set(decoders) - {"pil", "fast"}:
+        raise SystemExit(f"unknown --decoders {sorted(set(decoders) - {'pil', 'fast'})}; choose from ['pil', 'fast']")
     unknown = set(configs) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {list(CONFIGS)}")
@@ -154,28 +171,33 @@ def main(argv=None) -> None:
         for name in configs:
             dtype, channels_last = CONFIGS[name]
             model = build_model(args, channels_last, device)
-            ref_loader = ref_model = None
+            m_rates = {}
             for tta in ttas:
-                m_rate = model_only(
+                m_rates[tta] = model_only(
                     model, device, dtype, tta, args.batch_size, args.image_size, args.warmup, args.repeats, args.compile
                 )
-                l_rate = None if args.skip_loader else loader_rate(args, model, device, dtype, tta, paths)
-                if ref_model is None:
-                    ref_loader, ref_model = l_rate, m_rate
-                print(
-                    f"{name} tta={tta}: loader {l_rate or 0:.1f} images/s, model-only {m_rate:.1f} images/s",
-                    file=sys.stderr,
-                )
-                rows.append(
-                    [
-                        name,
-                        tta,
-                        l_rate if l_rate is not None else "-",
-                        ref_loader / l_rate if l_rate else "-",
-                        m_rate,
-                        ref_model / m_rate,
-                    ]
-                )
+            for decoder in decoders:
+                ref_loader = None
+                for tta in ttas:
+                    l_rate = None if args.skip_loader else loader_rate(args, model, device, dtype, tta, paths, decoder)
+                    ref_loader = ref_loader or l_rate
+                    m_rate = m_rates[tta]
+                    print(
+                        f"{name} {decoder} tta={tta}: loader {l_rate or 0:.1f} images/s, model-only {m_rate:.1f} "
+                        "images/s",
+                        file=sys.stderr,
+                    )
+                    rows.append(
+                        [
+                            name,
+                            decoder,
+                            tta,
+                            l_rate if l_rate is not None else "-",
+                            ref_loader / l_rate if l_rate else "-",
+                            m_rate,
+                            m_rates[ttas[0]] / m_rate,
+                        ]
+                    )
             del model
 
     print(
@@ -186,7 +208,7 @@ def main(argv=None) -> None:
     )
     print(
         markdown_table(
-            ["config", "tta", "loader img/s", "loader time x", "model-only img/s", "model-only time x"],
+            ["config", "decoder", "tta", "loader img/s", "loader time x", "model-only img/s", "model-only time x"],
             rows,
         )
     )

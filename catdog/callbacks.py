@@ -83,7 +83,8 @@ class LogProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self._loss_sum, self._loss_n = self._loss_sum + float(loss.detach()), self._loss_n + 1
+            # summed on the device: the value is read only when a line is printed
+            self._loss_sum, self._loss_n = self._loss_sum + loss.detach(), self._loss_n + 1
         now = time.perf_counter()
         if not self._enabled or now - self._last < self.every_s:
             return
@@ -99,7 +100,7 @@ class LogProgress(ProgressBar):
     def _train_loss(self) -> str:
         """The mean training loss of this epoch so far (the validation of an epoch runs before Lightning's own
         epoch mean of ``train/loss`` exists)."""
-        return f", train/loss {self._loss_sum / self._loss_n:.4f}" if self._loss_n else ""
+        return f", train/loss {float(self._loss_sum) / self._loss_n:.4f}" if self._loss_n else ""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled or trainer.sanity_checking or trainer.state.fn != "fit":

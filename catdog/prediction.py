@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import load_classifier
 from catdog.data.datamodule import ImageDataset, check_policy, default_num_workers, make_loader
+from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
 from catdog.data.images import find_bad_images, format_bad_images
 from catdog.data.layouts import find_unlabelled, image_ids, read_labelled, row_ids
 from catdog.data.transforms import eval_resize_size, eval_transform
@@ -135,12 +136,22 @@ def _predict_member(
     compile: bool,
     temperature: float | None,
     views: str,
+    decoder: str = "pil",
 ) -> np.ndarray:
-    """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature."""
+    """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature.
+
+    ``decoder``: ``pil`` decodes and resizes with PIL in DataLoader workers (as training's validation does); ``fast``
+    with :func:`catdog.data.decode.fast_loader` (nvJPEG on CUDA; libjpeg-turbo or PIL's draft mode and a tensor
+    resize in DataLoader workers on the CPU; the same pixels within :data:`catdog.data.decode.TOLERANCE`)."""
     hp = model.hparams
-    transform = eval_transform(hp.image_size, hp.crop_pct, tta > 0 and views == "crops", hp.interpolation)
-    dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
-    loader = make_loader(dataset, batch_size, workers)
+    square = tta > 0 and views == "crops"
+    if decoder == "fast":
+        geometry = EvalGeometry(hp.image_size, hp.crop_pct, square, hp.interpolation)
+        loader = fast_loader(paths, geometry, batch_size, device, workers)
+    else:
+        transform = eval_transform(hp.image_size, hp.crop_pct, square, hp.interpolation)
+        dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
+        loader = make_loader(dataset, batch_size, workers)
     probs, order = predict_loader(model, loader, tta, device, precision, compile, temperature)
     out = np.empty_like(probs)
     out[order] = probs
@@ -159,6 +170,7 @@ def predict(cfg: DictConfig):
     device = resolve_device(cfg.device)
     precision = str(cfg.get("precision", "auto"))
     autocast_dtype(precision, device)
+    decoder = resolve_decoder(cfg.get("decoder", "auto"))
     if cfg.labelled:
         outputs = evaluation_outputs(Path(cfg.output))
         for path in outputs.values():
@@ -191,7 +203,7 @@ def predict(cfg: DictConfig):
     calibrate = bool(cfg.get("calibrate", True))
     predict_member = functools.partial(
         _predict_member, paths=kept, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers,
-        precision=precision, compile=bool(cfg.get("compile")), views=views,
+        precision=precision, compile=bool(cfg.get("compile")), views=views, decoder=decoder,
     )  # fmt: skip
     for i, member in enumerate(members):
         if i > 0:

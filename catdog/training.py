@@ -25,6 +25,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, ProgressBar, StochasticWeightAveraging
 
 from catdog.averaging import check_averaging
+from catdog.budget import PLAN_KEY, check_budget, fit_to_budget
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SWA_NAME, SafeCheckpointIO, read_checkpoint, save_calibration
 from catdog.data.datamodule import check_data_config
@@ -71,7 +72,7 @@ def check_train_config(cfg: DictConfig) -> None:
         image_size=d.image_size, batch_size=d.batch_size, val_fraction=d.val_fraction, folds=d.folds, fold=d.fold,
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
         progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
-        interpolation=d.get("interpolation", "bilinear"),
+        interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
     check_blocks(m.arch, (m.get("finetune") or {}).get("blocks", -1), d.image_size)
@@ -85,6 +86,7 @@ def check_train_config(cfg: DictConfig) -> None:
     )
     check_averaging(cfg)
     check_loggers(cfg)
+    check_budget(cfg)
     if m.get("init"):
         check_init(cfg)
     else:
@@ -189,7 +191,9 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
         # order with a seed of its own): N processes then step through the one-process order of N x the batch.
         "use_distributed_sampler": False,
     }
-    return hydra.utils.instantiate(cfg.trainer, **{**kwargs, **overrides})
+    # trainer.budget_minutes is catdog's (catdog.budget), not a Trainer argument
+    trainer_cfg = {k: v for k, v in plain(cfg.trainer).items() if k != "budget_minutes"}
+    return hydra.utils.instantiate(trainer_cfg, **{**kwargs, **overrides})
 
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -264,12 +268,13 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     resume = _resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None
     source = checkpoint_run(resume) if resume else None
+    plan = fit_to_budget(cfg, trainer, model, datamodule, ckpt, start)  # before the checks: it sets max_epochs
     if resume:
         check_resume(resume, ckpt, model, cfg)
         check_same_split(resume, source, out_dir, split)
     elif cfg.model.get("init"):
         check_init_split(cfg.model.init, [os.path.relpath(p, datamodule.root) for p in datamodule.val_set.paths])
-    model.run_settings = run_settings(cfg)
+    model.run_settings = {**run_settings(cfg), **({PLAN_KEY: plan} if plan else {})}
     if is_writer(cfg):  # the other processes of a distributed run compute the same things and write nothing
         atomic_write_text(out_dir / "split.csv", split)
         _continue_history(trainer, out_dir, source, ckpt)
@@ -329,6 +334,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
             "train_images": len(datamodule.train_set),
             # trainer.fit alone (training and per-epoch validation; a resumed run: this session's part)
             "fit_time_s": round(fit_time, 1),
+            **({"budget_plan": plan} if plan else {}),
             "wall_time_s": round(time.time() - start, 1),
             "classes": datamodule.classes,
             "metrics": metrics,
@@ -364,6 +370,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
 # Settings added to catdog after a k-fold run may have been started, with the value such runs used.
 _ADDED_LATER = {
     "data.interpolation": "bilinear",
+    "data.pipeline": "workers",
     "trainer.num_nodes": 1,
     "trainer.strategy": "auto",
     "trainer.sync_batchnorm": False,

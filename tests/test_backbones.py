@@ -149,7 +149,11 @@ def test_interpolation_is_saved_in_the_checkpoint_and_used_by_predict(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     model = load_classifier(ckpt)
     assert model.hparams.interpolation == "bicubic"
-    predict(compose_predict([f"ckpt={ckpt}", "num_workers=0", "device=cpu", "precision=32"], output_dir=tmp_path / "p"))
+    predict(
+        compose_predict(
+            [f"ckpt={ckpt}", "num_workers=0", "device=cpu", "precision=32", "decoder=pil"], output_dir=tmp_path / "p"
+        )
+    )
     rows = (tmp_path / "p" / "submission.csv").read_text().splitlines()[1:]
     written = {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows}
     for mode, should_match in (("bicubic", True), ("bilinear", False)):

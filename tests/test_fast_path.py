@@ -1,17 +1,23 @@
 """The fast path (uint8 loading, normalization on the device, channels_last, batched TTA) computes what the plain
 path computes."""
 
+import json
+
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from catdog.checkpoints import read_checkpoint
 from catdog.data.images import load_image
 from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize
-from catdog.models.module import ClassifierModule
+from catdog.errors import ConfigError
+from catdog.models.module import ClassifierModule, NonFiniteLossError
 from catdog.models.networks import build_network
+from catdog.models.optim import check_optimizer, fused_on_cuda
 from catdog.models.tta import make_views
-from tests.conftest import make_image
+from catdog.training import train
+from tests.conftest import make_flat, make_image, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +76,63 @@ def test_bf16_autocast_close_to_fp32_on_cpu(model):
         except RuntimeError as exc:  # pragma: no cover - CPUs without bf16 kernels
             pytest.skip(f"no bf16 autocast on this CPU: {exc}")
     torch.testing.assert_close(bf16.float(), fp32, atol=3e-2, rtol=0)
+
+
+# ----- the compiled, sync-free training step ----------------------------------------------------------------------
+def test_fused_optimizer_only_on_cuda_and_only_when_not_configured():
+    sgd = check_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1})
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fused_on_cuda(sgd, cuda) == {"fused": True}
+    assert fused_on_cuda(sgd, cpu) == {}
+    assert fused_on_cuda(check_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1, "foreach": False}), cuda) == {}
+    assert fused_on_cuda(check_optimizer({"_target_": "torch.optim.AdamW", "lr": 0.1}), cuda) == {"fused": True}
+
+
+def test_model_compile_compiles_the_network_once_and_checkpoints_stay_plain(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_compile(net, **kwargs):
+        calls.append(kwargs)
+        return net  # eager: what matters here is what catdog asks torch.compile for
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    cfg = tiny_train_cfg(
+        data, tmp_path / "run", "model.compile=true", "trainer.max_epochs=2",
+        "data.progressive={start_size: 32, epochs: 2, multiple: 8}", "data.image_size=48",
+    )  # fmt: skip
+    train(cfg)
+    assert calls == [{"dynamic": False}]
+    limit = getattr(torch._dynamo.config, "recompile_limit", None) or torch._dynamo.config.cache_size_limit
+    assert limit >= 2 * 2 * 3  # sizes 32, 40 and 48 (+1 spare), train and eval mode, a last partial batch
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert not any("_orig_mod" in k or "_compiled" in k for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["compile"] is False  # prediction loads it uncompiled
+
+
+def test_model_compile_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="model.compile must be true or false, got 'yes'"):
+        ClassifierModule(["cat", "dog"], width=0.0625, weights=None, compile="yes")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """torch.compile for real (tens of seconds on a CPU): the same losses as eager, to float tolerance."""
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    results = []
+    for compiled in (False, True):
+        out = tmp_path / f"run_{compiled}"
+        train(tiny_train_cfg(data, out, f"model.compile={str(compiled).lower()}", "model.dropout=0"))
+        results.append(json.loads((out / "result.json").read_text()))
+    assert results[1]["val/logloss"] == pytest.approx(results[0]["val/logloss"], abs=1e-3)
+
+
+def test_non_finite_loss_is_found_without_a_per_step_sync(monkeypatch):
+    """The loss is checked on the device each step; the host reads the flag only when it checks (log steps, the
+    epoch's last batch, before validation), and the error names the first bad step and its value."""
+    m = ClassifierModule(["cat", "dog"], width=0.0625, weights=None)
+    for step, loss in enumerate([0.5, float("nan"), float("inf"), 0.4]):
+        monkeypatch.setattr(type(m), "global_step", property(lambda self, s=step: s))
+        m._note_nonfinite(torch.tensor(loss))
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, step 1 "):
+        m.check_finite()

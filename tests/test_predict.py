@@ -16,17 +16,6 @@ from catdog.training import train
 from tests.conftest import compose_predict, make_image, tiny_train_cfg
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny model trained once for all prediction tests: (checkpoint, data root)."""
-    from tests.conftest import make_flat
-
-    root = tmp_path_factory.mktemp("pred")
-    data = make_flat(root / "data", per_class=8, test=12)
-    train(tiny_train_cfg(data, root / "run"))
-    return root / "run" / "checkpoints" / "best.ckpt", data
-
-
 def _predict(ckpt, tmp_path, *overrides):
     cfg = compose_predict([f"ckpt={ckpt}", "num_workers=0", "device=cpu", *overrides], output_dir=tmp_path)
     return predict(cfg)
@@ -50,7 +39,7 @@ def test_submission_is_valid_and_sorted_numerically(trained, tmp_path):
 
 def test_tta0_equals_plain_forward(trained, tmp_path):
     ckpt, data = trained
-    rows = _read(_predict(ckpt, tmp_path, "tta=0", "precision=32"))
+    rows = _read(_predict(ckpt, tmp_path, "tta=0", "precision=32", "decoder=pil"))
     model = load_classifier(ckpt)
     assert model.temperature is not None  # applied by default (calibrate=true)
     transform = eval_transform(model.hparams.image_size, model.hparams.crop_pct)

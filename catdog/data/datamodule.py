@@ -14,6 +14,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog.data.cache import DecodedCache, open_cache
 from catdog.data.demo import make_demo_dataset
+from catdog.data.device_augment import BatchAugment
+from catdog.data.device_store import (
+    ImageStore,
+    check_pipeline,
+    eval_store,
+    pick_pipeline,
+    store_bytes,
+    store_side,
+    train_store,
+)
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
 from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
@@ -23,6 +33,7 @@ from catdog.data.transforms import (
     eval_resize_size,
     eval_transform,
     interpolation_mode,
+    progressive_size,
 )
 from catdog.errors import BadImageError, ConfigError, DatasetError
 
@@ -148,6 +159,23 @@ class ImageDataset(Dataset):
         return x, label, index
 
 
+class IndexDataset(Dataset):
+    """``data.pipeline=device``: no pixels, only ``(code, label, index)`` per sample; the datamodule's batch hooks
+    gather and augment the batch's images on the device. ``code`` is the sampler's ``epoch * n + index`` for training
+    samples (``train``) and -1 for evaluation samples."""
+
+    def __init__(self, labels: Sequence[int], train: bool):
+        self.labels = list(labels)
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, code: int):
+        index = code % len(self.labels)
+        return (code if self.train else -1), self.labels[index], index
+
+
 def collate_skip_none(batch):
     """Default collate after dropping skipped (``None``) samples; an all-bad batch becomes an empty batch."""
     batch = [b for b in batch if b is not None]
@@ -185,6 +213,12 @@ class CatDogDataModule(pl.LightningDataModule):
     The split is the separate validation folder when there is one; otherwise a stratified, seeded ``val_fraction``
     split, or fold ``fold`` of ``folds`` (both keep duplicate files together).
 
+    ``pipeline`` (``workers | device | auto``): ``workers`` decodes (or reads from the cache) and augments one image at
+    a time in DataLoader workers; ``device`` holds the decoded images as one uint8 tensor on the training device
+    (:mod:`catdog.data.device_store`) and augments whole batches there in :meth:`on_after_batch_transfer`
+    (:mod:`catdog.data.device_augment`); ``auto`` is ``device`` when the images fit, else ``workers``. ``device`` and
+    ``auto`` use the decoded-image cache whatever ``cache`` says.
+
     With ``cache=True``, every labelled image (train and validation, before any split) is decoded once into a
     :class:`catdog.data.cache.DecodedCache` in ``cache_dir`` at the eval resize size and read from there; later runs
     over the same files (folds, sweep points with the same image size) reuse it. The build decodes every image, so it
@@ -211,12 +245,14 @@ class CatDogDataModule(pl.LightningDataModule):
         progressive: dict | None = None,
         cache: bool = False,
         cache_dir: str | None = None,
+        pipeline: str = "workers",
     ):
         super().__init__()
         check_data_config(
             image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
             on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size, cache=cache,
             progressive=progressive, augment=augment, crop_pct=crop_pct, interpolation=interpolation,
+            pipeline=pipeline,
         )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.root = Path(dir).expanduser()
@@ -229,6 +265,11 @@ class CatDogDataModule(pl.LightningDataModule):
         self.all_labelled: LabelledImages | None = None
         self.bad_images: list[tuple[str, str]] = []
         self.cache: DecodedCache | None = None
+        # data.pipeline resolved for the training device (at the first loader), and its image stores
+        self.pipeline: str | None = None
+        self.stores: dict[str, ImageStore] = {}
+        self._augment: BatchAugment | None = None
+        self._batch_epoch: int | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Split every listed image (readable or not, so that the split, and a k-fold run's folds, do not depend on
@@ -273,7 +314,7 @@ class CatDogDataModule(pl.LightningDataModule):
         are then skipped while training). They stop the run with ``on_bad_image=error``, else are listed once."""
         paths = train.paths + (val.paths if val is not None else [])
         workers = max(2, self.num_workers)
-        if self.hparams.cache:
+        if self.hparams.cache or self.hparams.pipeline != "workers":
             cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
             self.cache = open_cache(paths, self._draft(), cache_dir, workers, interpolation=self.hparams.interpolation)
             found = list(self.cache.bad)
@@ -322,20 +363,99 @@ class CatDogDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _device(self):
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def resolve_pipeline(self) -> str:
+        """``data.pipeline`` for the attached Trainer's device (once); with ``device``, the image stores built and
+        placed."""
+        if self.pipeline is not None:
+            return self.pipeline
+        hp, device = self.hparams, self._device()
+        train_rows, val_rows = self.cache_rows("train"), self.cache_rows("val")
+        side = store_side(self.cache, train_rows) if self.cache is not None else 0
+        nbytes = store_bytes(len(train_rows), side, len(val_rows), hp.image_size)
+        self.pipeline = pick_pipeline(hp.pipeline, nbytes, device)
+        if self.pipeline == "device":
+            workers = max(2, self.num_workers)
+            self.stores = {
+                "train": train_store(self.cache, train_rows, hp.interpolation, workers),
+                "val": eval_store(
+                    self.cache, val_rows, eval_transform(hp.image_size, hp.crop_pct, interpolation=hp.interpolation),
+                    hp.image_size, workers,
+                ),
+            }  # fmt: skip
+            for store in self.stores.values():
+                store.place(device)
+            self._augment = BatchAugment(hp.seed, interpolation=hp.interpolation, **self.augment)
+            log.info(
+                "data.pipeline=device: %d training images (%d px squares) and %d validation crops, augmented in "
+                "batches on %s", len(train_rows), side, len(val_rows), device,
+            )  # fmt: skip
+        elif hp.pipeline != "workers":
+            log.info("data.pipeline=%s: decoding and augmenting in DataLoader workers", hp.pipeline)
+        return self.pipeline
+
+    def cache_rows(self, which: str) -> list[int]:
+        """Rows of the decoded-image cache of the training (``train``) or validation (``val``) images."""
+        images = self.train_set if which == "train" else self.val_set
+        return self.cache.rows(images.paths) if self.cache is not None else list(range(len(images)))
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.pipeline=device``: note the batch's epoch (training) and, for images kept in pinned host memory,
+        gather them here so that they travel to the device with the batch."""
+        if self.pipeline != "device" or len(batch) != 3:
+            return batch
+        codes, labels, indices = batch
+        train = len(codes) > 0 and int(codes[0]) >= 0
+        self._batch_epoch = int(codes[0]) // len(self.train_set) if train else None
+        store = self.stores["train" if train else "val"]
+        if store.on_host:
+            return codes, labels, indices, store.gather_host(indices)
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """``data.pipeline=device``: the batch's images, gathered from the store and (training) augmented on the
+        device: ``(float images in [0, 1] or uint8 eval crops, labels, indices)``."""
+        if self.pipeline != "device" or len(batch) not in (3, 4):
+            return batch
+        codes, labels, indices = batch[:3]
+        epoch = self._batch_epoch
+        store = self.stores["train" if epoch is not None else "val"]
+        images = batch[3] if len(batch) == 4 else store.gather(indices)
+        if epoch is None:
+            return images, labels, indices
+        hp = self.hparams
+        size = progressive_size(epoch, hp.image_size, check_progressive(hp.progressive, hp.image_size))
+        rows = indices.to(store.heights.device)
+        x = self._augment(images, store.heights[rows], store.widths[rows], indices, epoch, size)
+        return x, labels, indices
+
     def train_dataloader(self) -> DataLoader:
-        dataset = self.train_dataset()
+        if self.resolve_pipeline() == "device":
+            dataset = IndexDataset(self.train_set.labels, train=True)
+        else:
+            dataset = self.train_dataset()
         rank, world = self._rank_world()
         # On resume Lightning builds the loader after restoring the epoch counter: start the shuffle there.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch, rank=rank, world=world)
         # Drop a last partial batch unless it is the only one (of this process's share, under DDP).
         drop_last = len(sampler) > self.hparams.batch_size
-        return make_loader(dataset, self.hparams.batch_size, self.num_workers, sampler=sampler, drop_last=drop_last)
+        return make_loader(dataset, self.hparams.batch_size, self._workers(), sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         bs = self.hparams.eval_batch_size or self.hparams.batch_size * 2
-        dataset = self.val_dataset()
-        return make_loader(dataset, bs, self.num_workers, sampler=ShardSampler(len(dataset), *self._rank_world()))
+        if self.resolve_pipeline() == "device":
+            dataset = IndexDataset(self.val_set.labels, train=False)
+        else:
+            dataset = self.val_dataset()
+        return make_loader(dataset, bs, self._workers(), sampler=ShardSampler(len(dataset), *self._rank_world()))
+
+    def _workers(self) -> int:
+        """DataLoader workers: none for the device pipeline (its loader yields only indices)."""
+        return 0 if self.pipeline == "device" else self.num_workers
 
 
 def check_data_config(
@@ -352,6 +472,7 @@ def check_data_config(
     augment=None,
     crop_pct=0.875,
     interpolation="bilinear",
+    pipeline="workers",
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
@@ -378,6 +499,7 @@ def check_data_config(
         raise ConfigError(f"data.verify must be one of {list(VERIFY_MODES)}, got {verify!r}")
     if not isinstance(cache, bool):
         raise ConfigError(f"data.cache must be true or false, got {cache!r}")
+    check_pipeline(pipeline)
     check_progressive(progressive, image_size)
     if augment is not None:
         ProgressiveTransform(image_size, None, **augment)  # builds the train transform: bad settings fail here

@@ -13,12 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from catdog.checkpoints import checkpoint_temperature, upgrade_state_dict
-from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize
+from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize, progressive_size
 from catdog.distributed import check_replicas, gather_predictions, note_ddp_parameters, rewrap_ddp
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
 from catdog.models.networks import Classifier, build_network, format_count
-from catdog.models.optim import build_scheduler, check_optimizer, check_scheduler, param_groups, plain
+from catdog.models.optim import (
+    build_scheduler,
+    check_optimizer,
+    check_scheduler,
+    compile_network,
+    fused_on_cuda,
+    param_groups,
+    plain,
+)
 from catdog.models.tta import predict_views
 from catdog.resume import RUN_SETTINGS_KEY, check_schedule_length
 
@@ -56,6 +64,23 @@ def check_training_args(
     check_scheduler(scheduler, scheduler_interval)
     check_finetune(finetune)
     check_mixing(plain(mixing))
+
+
+class _Unshared:
+    """A slot that copies and pickles as empty: a deep copy of the module (weight averaging's copy) compiles its own
+    network instead of sharing, or copying, the original's compiled one."""
+
+    def __init__(self):
+        self.value = None
+
+    def __deepcopy__(self, memo):
+        return _Unshared()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.value = None
 
 
 class NonFiniteLossError(CatdogError, FloatingPointError):
@@ -99,10 +124,13 @@ class ClassifierModule(pl.LightningModule):
         std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = True,
         pretrained: str | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         finetune = check_finetune(finetune)
         mixing = check_mixing(plain(mixing))
+        if not isinstance(compile, bool):
+            raise ConfigError(f"model.compile must be true or false, got {compile!r}")
         classes = list(plain(classes))
         self.save_hyperparameters(
             {
@@ -126,6 +154,7 @@ class ClassifierModule(pl.LightningModule):
                 "mean": [float(v) for v in plain(mean)],
                 "std": [float(v) for v in plain(std)],
                 "channels_last": bool(channels_last),
+                "compile": compile,
                 # Where the initial weights came from (informational; set in saved checkpoints).
                 "pretrained": plain(pretrained) if pretrained is not None else plain(weights),
             }
@@ -154,6 +183,11 @@ class ClassifierModule(pl.LightningModule):
         self._schedule: dict = {}
         self._restored_settings: dict | None = None
         self._epoch_clock = [0.0, 0.0, 0]
+        # The first non-finite training loss (its step, -1 for none, and its value), kept on the device and read
+        # every log_every_n_steps steps and before each validation: no step waits for the device to check it.
+        self._nonfinite: tuple[torch.Tensor, torch.Tensor] | None = None
+        # torch.compile'd network (model.compile), kept out of the module's children so checkpoints are unchanged
+        self._compiled = _Unshared()
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         # (log-probabilities, targets, dataset indices) of the last full validation pass, for out-of-fold files and
         # temperature fitting.
@@ -211,9 +245,9 @@ class ClassifierModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Saved weights make the initial ones irrelevant: ``weights=None`` lets ``load_from_checkpoint`` rebuild
-        the model offline, and ``pretrained`` keeps where training started. The run's settings and schedule length
-        go with them, for resume to check."""
-        checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "weights": None}
+        the model offline (uncompiled: ``model.compile`` is a training setting), and ``pretrained`` keeps where
+        training started. The run's settings and schedule length go with them, for resume to check."""
+        checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "weights": None, "compile": False}
         checkpoint[RUN_SETTINGS_KEY] = {**self.run_settings, **self._schedule}
 
     # ----- forward -------------------------------------------------------------------------------------------------
@@ -221,7 +255,26 @@ class ClassifierModule(pl.LightningModule):
         x = normalize(x, self.mean, self.std)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self._network()(x)
+
+    def _network(self):
+        """The network, or its compiled version with ``model.compile`` (compiled at the first call)."""
+        if not self.hparams.get("compile"):
+            return self.net
+        if self._compiled.value is None:
+            self._compiled.value = compile_network(self.net, self._input_shapes())
+        return self._compiled.value
+
+    def _input_shapes(self) -> int:
+        """How many input shapes one fit can show the network (training sizes of progressive resizing, the eval
+        size; train and eval mode; a last partial batch), for torch.compile's recompile limit."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        progressive = getattr(datamodule, "hparams", {}).get("progressive") if datamodule is not None else None
+        sizes = {self.hparams.image_size}
+        if progressive:
+            sizes |= {progressive_size(e, self.hparams.image_size, progressive) for e in range(progressive["epochs"])}
+        return 2 * 2 * (len(sizes) + 1)
 
     def predict_proba(self, x: torch.Tensor, tta: int = 0, temperature: float | None = None) -> torch.Tensor:
         """Class probabilities, averaged over the plain pass and ``tta`` augmented views in one batched pass; each
@@ -276,15 +329,9 @@ class ClassifierModule(pl.LightningModule):
             x, target = self.mixer(x, y)  # soft targets: (B, K) class probabilities
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.net(x)
+        logits = self._network()(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            lrs = ", ".join(f"{g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups) if self._trainer else "?"
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(learning rates {lrs}); the run stopped and its checkpoints are those of the last good epoch. "
-                "Lower model.optimizer.lr, or use precision=32-true to rule out overflow."
-            )
+        self._note_nonfinite(loss.detach())
         self._epoch_clock[2] += len(y)
         hard = target.argmax(1) if target.ndim == 2 else target
         self._log_step(loss, (logits.argmax(1) == hard).float().mean(), len(y))
@@ -306,8 +353,38 @@ class ClassifierModule(pl.LightningModule):
         self._log_step(loss.detach(), loss.detach(), 0)
         return loss
 
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first non-finite loss of the run on the device (no host synchronization)."""
+        if self._nonfinite is None or self._nonfinite[0].device != loss.device:
+            self._nonfinite = (torch.full((), -1, dtype=torch.long, device=loss.device), torch.zeros_like(loss))
+        step, value = self._nonfinite
+        first = ~torch.isfinite(loss) & (step < 0)
+        step.copy_(torch.where(first, torch.full_like(step, self.global_step), step))
+        value.copy_(torch.where(first, loss, value))
+
+    def check_finite(self) -> None:
+        """Stop the run if a training loss was NaN or infinite: before any checkpoint holds such weights."""
+        if self._nonfinite is None or int(self._nonfinite[0]) < 0:
+            return
+        step, value = int(self._nonfinite[0]), float(self._nonfinite[1])
+        lrs = ", ".join(f"{g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups) if self._trainer else "?"
+        raise NonFiniteLossError(
+            f"training loss is {value} at epoch {self.current_epoch}, step {step} (learning rates {lrs}); the run "
+            "stopped and its checkpoints are those of the last good epoch. Lower model.optimizer.lr, or use "
+            "precision=32-true to rule out overflow."
+        )
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self._epoch_clock[1] = time.perf_counter()
+        trainer = self._trainer
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1)) if trainer is not None else 1
+        last = trainer is not None and batch_idx + 1 >= trainer.num_training_batches
+        if (batch_idx + 1) % every == 0 or last:
+            self.check_finite()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.training or self.trainer.state.fn == "fit":
+            self.check_finite()
 
     def on_train_epoch_end(self) -> None:
         """Training speed of the epoch, from its start to its last training batch (validation excluded); under DDP,
@@ -360,7 +437,7 @@ class ClassifierModule(pl.LightningModule):
         )
         for group in groups:  # each group's learning rate relative to the head's (SWA keeps it: catdog.averaging)
             group["lr_scale"] = group["lr"] / lr
-        optimizer = factory(groups)
+        optimizer = factory(groups, **fused_on_cuda(factory, self.device))
         scheduler = check_scheduler(self.hparams.scheduler, self.hparams.scheduler_interval)
         if scheduler is None:
             return optimizer

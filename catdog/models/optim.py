@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,29 @@ from catdog.errors import ConfigError
 from catdog.models.schedules import CONTEXT_ARGS, check_schedule_args, is_catdog_schedule
 
 SCHEDULER_INTERVALS = (None, "step", "epoch")
+log = logging.getLogger(__name__)
+
+
+def fused_on_cuda(factory: functools.partial, device: torch.device) -> dict:
+    """``{"fused": True}`` for a torch optimizer that has a fused CUDA kernel, on CUDA, when the configuration sets
+    neither ``fused`` nor ``foreach`` (one kernel launch per step for all parameters); else nothing."""
+    if device.type != "cuda" or {"fused", "foreach"} & set(factory.keywords):
+        return {}
+    try:
+        accepts = "fused" in inspect.signature(factory.func).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"fused": True} if accepts and factory.func.__module__.startswith("torch.optim") else {}
+
+
+def compile_network(net: torch.nn.Module, shapes: int):
+    """``torch.compile(net)`` (default mode, static shapes) with room for ``shapes`` compiled graphs, so that the
+    progressive sizes, train and eval mode and a last partial batch each compile once and never fall back to eager."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(int(getattr(config, name)), shapes))
+    log.info("model.compile: torch.compile of %s (up to %d input shapes)", type(net).__name__, shapes)
+    return torch.compile(net, dynamic=False)
 
 
 def plain(value: Any) -> Any:

@@ -1,0 +1,271 @@
+"""A time budget for one training run (``trainer.budget_minutes``): the number of epochs fitted to the machine at hand.
+
+Before the schedule starts, :func:`measure` times a few real training steps (the run's own data pipeline, model,
+optimizer and precision, on a copy of the model, the global random state restored afterwards) at every image size
+that progressive resizing will use, and one pass over part of the validation set. :func:`plan_epochs` then picks the
+largest number of epochs whose estimated wall time, with a validation pass per epoch, the final scoring and
+calibration and the time already spent since the run started, fits in the budget. Progressive resizing keeps its share
+of the run (``data.progressive.epochs`` scaled with the number of epochs), so the one-cycle schedule and the size
+ramp keep their shape. The plan is logged and saved in the checkpoints (``run_settings``): a resumed run keeps it
+instead of measuring again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from catdog.data.transforms import progressive_size
+from catdog.distributed import externally_launched, secondary_rank, world_size
+from catdog.errors import ConfigError
+from catdog.resume import RUN_SETTINGS_KEY
+
+log = logging.getLogger(__name__)
+
+#: run_settings key of the plan (restored on resume).
+PLAN_KEY = "budget_plan"
+#: Where rank zero leaves its plan for the processes Lightning starts later (they inherit the environment).
+PLAN_ENV = "CATDOG_BUDGET_PLAN"
+WARMUP_STEPS = 2
+TIMED_STEPS = 4
+VAL_BATCHES = 4
+#: Seconds a run spends after its last epoch besides one validation pass (calibration, result files, report).
+FINAL_OVERHEAD_S = 15.0
+#: Share of the budget planned for: the estimate's own error and the per-epoch bookkeeping come out of the rest.
+SAFETY = 0.97
+
+
+def check_budget(cfg: DictConfig) -> float | None:
+    """``trainer.budget_minutes``: null (no budget) or a number of minutes > 0; a distributed run plans on rank zero
+    and hands the plan to the processes Lightning starts, so neither processes started by a launcher (torchrun,
+    SLURM) nor the folds of a distributed k-fold run (which would inherit the first fold's plan) can have one."""
+    value = cfg.trainer.get("budget_minutes")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"trainer.budget_minutes must be a number of minutes > 0, or null for none; got {value!r}")
+    if world_size(cfg) > 1 and (externally_launched() or cfg.data.get("folds")):
+        raise ConfigError(
+            "trainer.budget_minutes is planned by one process and handed to the others when Lightning starts them: "
+            "it cannot plan processes started by torchrun / SLURM, or the folds of a multi-process k-fold run; "
+            "set trainer.max_epochs (and trainer.budget_minutes=null) instead"
+        )
+    return float(value)
+
+
+def scaled_progressive(progressive: dict | None, epochs: int, base_epochs: int | None) -> dict | None:
+    """``progressive`` with its ramp (``epochs``) scaled from a ``base_epochs`` run to an ``epochs`` run (as
+    configured without a base)."""
+    if not progressive or not base_epochs:
+        return progressive
+    ramp = max(1, round(progressive["epochs"] * epochs / base_epochs))
+    return {**progressive, "epochs": min(ramp, epochs)}
+
+
+def epoch_sizes(epochs: int, image_size: int, progressive: dict | None) -> list[int]:
+    return [progressive_size(e, image_size, progressive) for e in range(epochs)]
+
+
+def estimate_s(
+    epochs: int,
+    step_s: dict[int, float],
+    steps_per_epoch: int,
+    val_s: float,
+    image_size: int,
+    progressive: dict | None,
+    base_epochs: int | None,
+) -> float:
+    """Seconds an ``epochs`` run takes: every epoch's steps at its size, a validation pass per epoch, and the final
+    scoring (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
+    sizes = epoch_sizes(epochs, image_size, scaled_progressive(progressive, epochs, base_epochs))
+    return sum(steps_per_epoch * step_s[s] for s in sizes) + (epochs + 1) * val_s + FINAL_OVERHEAD_S
+
+
+def plan_epochs(
+    budget_s: float,
+    spent_s: float,
+    step_s: dict[int, float],
+    steps_per_epoch: int,
+    val_s: float,
+    image_size: int,
+    progressive: dict | None,
+    base_epochs: int | None,
+    max_epochs: int = 10_000,
+) -> dict:
+    """The largest number of epochs (at least 1) whose :func:`estimate_s` fits in ``SAFETY x budget_s - spent_s``;
+    ``step_s`` maps each image size the run can use to the seconds one training step takes at it."""
+    left = SAFETY * budget_s - spent_s
+    best = 1
+    for epochs in range(1, max_epochs + 1):
+        if estimate_s(epochs, step_s, steps_per_epoch, val_s, image_size, progressive, base_epochs) > left:
+            break
+        best = epochs
+    plan = {
+        "max_epochs": best,
+        "progressive_epochs": (scaled_progressive(progressive, best, base_epochs) or {}).get("epochs"),
+        "estimate_s": round(
+            spent_s + estimate_s(best, step_s, steps_per_epoch, val_s, image_size, progressive, base_epochs), 1
+        ),
+        "budget_s": round(budget_s, 1),
+        "step_s": {str(k): round(v, 4) for k, v in sorted(step_s.items())},  # as JSON and checkpoints keep it
+        "val_s": round(val_s, 2),
+    }
+    return plan
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(str(precision).split("-")[0])
+    if dtype is None or "mixed" not in str(precision):
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(batches, step: Callable, device: torch.device, warmup: int, timed: int) -> float:
+    """Seconds per call of ``step`` over ``timed`` batches after ``warmup`` (fewer when the loader runs out)."""
+    it = iter(batches)
+    start, done = None, 0
+    for i in range(warmup + timed):
+        batch = next(it, None)
+        if batch is None:
+            break
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        step(batch)
+        if i >= warmup:
+            done += 1
+    _sync(device)
+    return (time.perf_counter() - start) / done if start is not None and done else float("nan")
+
+
+def _on_device(datamodule, batch, device: torch.device):
+    """What Lightning does with a loader's batch before the step: the datamodule's batch hooks and the copy."""
+    batch = datamodule.on_before_batch_transfer(batch, 0)
+    batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch]
+    return datamodule.on_after_batch_transfer(tuple(batch), 0)
+
+
+def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float]:
+    """(seconds per training step at each of ``sizes``, seconds of one validation pass), measured on a copy of
+    ``model`` with the run's loaders and precision on the trainer's device; the global random state is restored."""
+    device = trainer.strategy.root_device
+    precision = str(trainer.precision)
+    datamodule.trainer = trainer  # the loaders take the device, rank and epoch from it
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # the copy logs nowhere, on purpose
+        probe = copy.deepcopy(model).to(device)
+        probe.apply_stage(int(model.hparams.finetune["head_epochs"]))  # the stage most of the run trains in
+        probe.train()
+        optimizer = torch.optim.SGD([p for p in probe.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
+
+        def train_step(batch):
+            with _autocast(device, precision):
+                loss = probe.training_step(_on_device(datamodule, batch, device), 0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step_s = {}
+        loader = datamodule.train_dataloader()
+        progressive = datamodule.hparams.progressive
+        for size in sizes:
+            epoch = next(
+                e for e in range(10_000) if progressive_size(e, datamodule.hparams.image_size, progressive) == size
+            )
+            loader.sampler.set_epoch(epoch)
+            step_s[size] = _timed(loader, train_step, device, WARMUP_STEPS, TIMED_STEPS)
+        probe.eval()
+        val_loader = datamodule.val_dataloader()
+
+        @torch.no_grad()
+        def val_step(batch):
+            x = _on_device(datamodule, batch, device)[0]
+            with _autocast(device, precision):
+                probe(x)
+
+        batches = len(val_loader)
+        per_batch = _timed(val_loader, val_step, device, min(1, batches - 1), VAL_BATCHES) if batches else 0.0
+        val_s = per_batch * batches if math.isfinite(per_batch) else 0.0
+    return step_s, val_s
+
+
+def apply_plan(cfg, trainer, datamodule, plan: dict) -> None:
+    """Set the planned number of epochs (and progressive ramp) on the config, the Trainer and the datamodule."""
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = int(plan["max_epochs"])
+        if plan.get("progressive_epochs") and cfg.data.get("progressive"):
+            cfg.data.progressive.epochs = int(plan["progressive_epochs"])
+    trainer.fit_loop.max_epochs = int(plan["max_epochs"])
+    if plan.get("progressive_epochs") and datamodule.hparams.progressive:
+        datamodule.hparams.progressive["epochs"] = int(plan["progressive_epochs"])
+
+
+def describe(plan: dict) -> str:
+    ramp = f", progressive resizing over {plan['progressive_epochs']} epochs" if plan.get("progressive_epochs") else ""
+    steps = ", ".join(f"{size} px {s * 1000:.0f} ms" for size, s in plan["step_s"].items())
+    return (
+        f"time budget {plan['budget_s'] / 60:.1f} min: {plan['max_epochs']} epochs{ramp}; estimated "
+        f"{plan['estimate_s'] / 60:.1f} min (training step {steps}; validation pass {plan['val_s']:.1f} s)"
+    )
+
+
+def candidate_sizes(image_size: int, progressive: dict | None) -> list[int]:
+    """Every training size a run of any length can use: the ramp's start, its multiples and ``image_size``."""
+    if not progressive:
+        return [image_size]
+    start, multiple = progressive["start_size"], progressive.get("multiple", 16)
+    inner = range((start // multiple + 1) * multiple, image_size, multiple)
+    return sorted({start, image_size, *inner})
+
+
+def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None, started: float) -> dict | None:
+    """With ``trainer.budget_minutes``: the plan of this run (a resumed run's own, from its checkpoint ``ckpt``;
+    rank zero's, in the other processes of a distributed run; else measured now), applied to ``cfg``, ``trainer``
+    and ``datamodule``. ``started``: when the run started (``time.time()``), counted against the budget."""
+    budget = check_budget(cfg)
+    if budget is None:
+        return None
+    plan = ((ckpt or {}).get(RUN_SETTINGS_KEY) or {}).get(PLAN_KEY)
+    if plan is not None:
+        log.info("resuming with the run's own plan: %s", describe(plan))
+    elif secondary_rank():
+        raw = os.environ.get(PLAN_ENV)
+        if raw is None:
+            raise ConfigError(
+                "trainer.budget_minutes in a process of a distributed run that did not inherit rank zero's plan: "
+                "set trainer.max_epochs instead"
+            )
+        plan = json.loads(raw)
+    else:
+        hp = datamodule.hparams
+        sizes = candidate_sizes(hp.image_size, hp.progressive)
+        step_s, val_s = measure(trainer, model, datamodule, sizes)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the measured copy of the model is gone
+        if not all(math.isfinite(v) for v in step_s.values()):
+            raise ConfigError(
+                f"trainer.budget_minutes: too few training batches to time a step ({step_s}); set trainer.max_epochs"
+            )
+        steps = len(datamodule.train_dataloader()) // max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1))
+        plan = plan_epochs(
+            budget * 60, time.time() - started, step_s, max(1, steps), val_s, hp.image_size, hp.progressive,
+            base if isinstance(base := cfg.trainer.get("max_epochs"), int) and base > 0 else None,
+        )  # fmt: skip
+        os.environ[PLAN_ENV] = json.dumps(plan)
+        log.info("%s", describe(plan))
+    apply_plan(cfg, trainer, datamodule, plan)
+    return plan
