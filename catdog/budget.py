@@ -20,6 +20,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
+from catdog.models.precision import AUTOCAST
 from catdog.resume import RUN_SETTINGS_KEY
 
 log = logging.getLogger(__name__)
@@ -71,62 +73,53 @@ def scaled_progressive(progressive: dict | None, epochs: int, base_epochs: int |
     return {**progressive, "epochs": min(ramp, epochs)}
 
 
-def epoch_sizes(epochs: int, image_size: int, progressive: dict | None) -> list[int]:
-    return [progressive_size(e, image_size, progressive) for e in range(epochs)]
+@dataclass(frozen=True)
+class Timings:
+    """What a run of any length costs on this machine: seconds per training step at each image size (``step_s``), the
+    steps of an epoch, one validation pass (``val_s``), and the run's sizes (``image_size``, ``progressive`` ramp as
+    configured for ``base_epochs`` epochs, or as is without a base)."""
+
+    step_s: dict[int, float]
+    steps_per_epoch: int
+    val_s: float
+    image_size: int
+    progressive: dict | None
+    base_epochs: int | None
+
+    def ramp(self, epochs: int) -> dict | None:
+        return scaled_progressive(self.progressive, epochs, self.base_epochs)
+
+    def estimate_s(self, epochs: int) -> float:
+        """Seconds an ``epochs`` run takes: every epoch's steps at its size, a validation pass per epoch, and the
+        final scoring (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
+        ramp = self.ramp(epochs)
+        steps = sum(self.step_s[progressive_size(e, self.image_size, ramp)] for e in range(epochs))
+        return self.steps_per_epoch * steps + (epochs + 1) * self.val_s + FINAL_OVERHEAD_S
 
 
-def estimate_s(
-    epochs: int,
-    step_s: dict[int, float],
-    steps_per_epoch: int,
-    val_s: float,
-    image_size: int,
-    progressive: dict | None,
-    base_epochs: int | None,
-) -> float:
-    """Seconds an ``epochs`` run takes: every epoch's steps at its size, a validation pass per epoch, and the final
-    scoring (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
-    sizes = epoch_sizes(epochs, image_size, scaled_progressive(progressive, epochs, base_epochs))
-    return sum(steps_per_epoch * step_s[s] for s in sizes) + (epochs + 1) * val_s + FINAL_OVERHEAD_S
-
-
-def plan_epochs(
-    budget_s: float,
-    spent_s: float,
-    step_s: dict[int, float],
-    steps_per_epoch: int,
-    val_s: float,
-    image_size: int,
-    progressive: dict | None,
-    base_epochs: int | None,
-    max_epochs: int = 10_000,
-) -> dict:
-    """The largest number of epochs (at least 1) whose :func:`estimate_s` fits in ``SAFETY x budget_s - spent_s``;
-    ``step_s`` maps each image size the run can use to the seconds one training step takes at it."""
+def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: int = 10_000) -> dict:
+    """The largest number of epochs (at least 1) whose :meth:`Timings.estimate_s` fits in
+    ``SAFETY x budget_s - spent_s``."""
     left = SAFETY * budget_s - spent_s
-    best = 1
-    for epochs in range(1, max_epochs + 1):
-        if estimate_s(epochs, step_s, steps_per_epoch, val_s, image_size, progressive, base_epochs) > left:
+    best, best_s = 1, timings.estimate_s(1)
+    for epochs in range(2, max_epochs + 1):
+        estimate = timings.estimate_s(epochs)
+        if estimate > left:
             break
-        best = epochs
-    plan = {
+        best, best_s = epochs, estimate
+    return {
         "max_epochs": best,
-        "progressive_epochs": (scaled_progressive(progressive, best, base_epochs) or {}).get("epochs"),
-        "estimate_s": round(
-            spent_s + estimate_s(best, step_s, steps_per_epoch, val_s, image_size, progressive, base_epochs), 1
-        ),
+        "progressive_epochs": (timings.ramp(best) or {}).get("epochs"),
+        "estimate_s": round(spent_s + best_s, 1),
         "budget_s": round(budget_s, 1),
-        "step_s": {str(k): round(v, 4) for k, v in sorted(step_s.items())},  # as JSON and checkpoints keep it
-        "val_s": round(val_s, 2),
+        "step_s": {str(k): round(v, 4) for k, v in sorted(timings.step_s.items())},  # as JSON and checkpoints keep it
+        "val_s": round(timings.val_s, 2),
     }
-    return plan
 
 
 def _autocast(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(str(precision).split("-")[0])
-    if dtype is None or "mixed" not in str(precision):
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
+    dtype = AUTOCAST.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
 
 
 def _sync(device: torch.device) -> None:
@@ -159,9 +152,10 @@ def _on_device(datamodule, batch, device: torch.device):
     return datamodule.on_after_batch_transfer(tuple(batch), 0)
 
 
-def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float]:
-    """(seconds per training step at each of ``sizes``, seconds of one validation pass), measured on a copy of
-    ``model`` with the run's loaders and precision on the trainer's device; the global random state is restored."""
+def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float, int]:
+    """(seconds per training step at each of ``sizes``, seconds of one validation pass, training steps per epoch),
+    measured on a copy of ``model`` with the run's loaders and precision on the trainer's device; the global random
+    state and the datamodule's ramp are restored."""
     device = trainer.strategy.root_device
     precision = str(trainer.precision)
     datamodule.trainer = trainer  # the loaders take the device, rank and epoch from it
@@ -180,14 +174,20 @@ def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, flo
             optimizer.zero_grad(set_to_none=True)
 
         step_s = {}
-        loader = datamodule.train_dataloader()
-        progressive = datamodule.hparams.progressive
-        for size in sizes:
-            epoch = next(
-                e for e in range(10_000) if progressive_size(e, datamodule.hparams.image_size, progressive) == size
-            )
-            loader.sampler.set_epoch(epoch)
-            step_s[size] = _timed(loader, train_step, device, WARMUP_STEPS, TIMED_STEPS)
+        hp = datamodule.hparams
+        configured = hp.progressive
+        if configured:  # a ramp of one pixel per epoch passes through every size a ramp of any length can use
+            hp.progressive = {**configured, "epochs": max(1, hp.image_size - configured["start_size"])}
+        try:
+            loader = datamodule.train_dataloader()
+            steps_per_epoch = len(loader)
+            for size in sizes:
+                loader.sampler.set_epoch(
+                    next(e for e in range(10_000) if progressive_size(e, hp.image_size, hp.progressive) == size)
+                )
+                step_s[size] = _timed(loader, train_step, device, WARMUP_STEPS, TIMED_STEPS)
+        finally:
+            hp.progressive = configured
         probe.eval()
         val_loader = datamodule.val_dataloader()
 
@@ -200,7 +200,7 @@ def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, flo
         batches = len(val_loader)
         per_batch = _timed(val_loader, val_step, device, min(1, batches - 1), VAL_BATCHES) if batches else 0.0
         val_s = per_batch * batches if math.isfinite(per_batch) else 0.0
-    return step_s, val_s
+    return step_s, val_s, steps_per_epoch
 
 
 def apply_plan(cfg, trainer, datamodule, plan: dict) -> None:
@@ -253,18 +253,20 @@ def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None
     else:
         hp = datamodule.hparams
         sizes = candidate_sizes(hp.image_size, hp.progressive)
-        step_s, val_s = measure(trainer, model, datamodule, sizes)
+        step_s, val_s, steps_per_epoch = measure(trainer, model, datamodule, sizes)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the measured copy of the model is gone
         if not all(math.isfinite(v) for v in step_s.values()):
             raise ConfigError(
                 f"trainer.budget_minutes: too few training batches to time a step ({step_s}); set trainer.max_epochs"
             )
-        steps = len(datamodule.train_dataloader()) // max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1))
-        plan = plan_epochs(
-            budget * 60, time.time() - started, step_s, max(1, steps), val_s, hp.image_size, hp.progressive,
-            base if isinstance(base := cfg.trainer.get("max_epochs"), int) and base > 0 else None,
+        steps = steps_per_epoch // max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1))
+        base = cfg.trainer.get("max_epochs")
+        timings = Timings(
+            step_s, max(1, steps), val_s, hp.image_size, hp.progressive,
+            base if isinstance(base, int) and base > 0 else None,
         )  # fmt: skip
+        plan = plan_epochs(budget * 60, time.time() - started, timings)
         os.environ[PLAN_ENV] = json.dumps(plan)
         log.info("%s", describe(plan))
     apply_plan(cfg, trainer, datamodule, plan)

@@ -9,7 +9,7 @@ import torch
 from omegaconf import open_dict
 
 import catdog.budget as budget
-from catdog.budget import candidate_sizes, check_budget, estimate_s, plan_epochs, scaled_progressive
+from catdog.budget import Timings, candidate_sizes, check_budget, plan_epochs, scaled_progressive
 from catdog.checkpoints import read_checkpoint
 from catdog.errors import ConfigError
 from catdog.resume import RUN_SETTINGS_KEY
@@ -21,23 +21,24 @@ PROGRESSIVE = {"start_size": 64, "epochs": 13, "multiple": 16}
 
 def test_plan_fits_the_most_epochs_in_the_budget():
     step_s = {64: 0.5, 80: 0.8, 96: 1.2}
-    args = (step_s, 100, 20.0, 96, PROGRESSIVE, 17)
-    plan = plan_epochs(1800, 60, *args)
+    timings = Timings(step_s, 100, 20.0, 96, PROGRESSIVE, 17)
+    estimate_s = timings.estimate_s
+    plan = plan_epochs(1800, 60, timings)
     e = plan["max_epochs"]
     left = budget.SAFETY * 1800 - 60
-    assert estimate_s(e, *args) <= left < estimate_s(e + 1, *args)
+    assert estimate_s(e) <= left < estimate_s(e + 1)
     assert plan["progressive_epochs"] == round(13 * e / 17)
-    assert plan["estimate_s"] == pytest.approx(60 + estimate_s(e, *args), abs=0.1)
+    assert plan["estimate_s"] == pytest.approx(60 + estimate_s(e), abs=0.1)
     # a machine twice as slow gets fewer epochs, never none
-    slower = plan_epochs(1800, 60, {k: 2 * v for k, v in step_s.items()}, *args[1:])
+    slower = plan_epochs(1800, 60, Timings({k: 2 * v for k, v in step_s.items()}, 100, 20.0, 96, PROGRESSIVE, 17))
     assert slower["max_epochs"] < e
-    assert plan_epochs(10, 60, *args)["max_epochs"] == 1
+    assert plan_epochs(10, 60, timings)["max_epochs"] == 1
 
 
 def test_epoch_estimate_adds_each_epochs_size_validation_and_the_final_pass():
     step_s = {64: 1.0, 80: 2.0, 96: 3.0}
     # 4 epochs, ramp 64 -> 96 over 2 epochs (scaled from 2 of 4): sizes 64, 80, 96, 96
-    assert estimate_s(4, step_s, 10, 5.0, 96, {**PROGRESSIVE, "epochs": 2}, 4) == pytest.approx(
+    assert Timings(step_s, 10, 5.0, 96, {**PROGRESSIVE, "epochs": 2}, 4).estimate_s(4) == pytest.approx(
         10 * (1 + 2 + 3 + 3) + 5 * 5.0 + budget.FINAL_OVERHEAD_S
     )
 
@@ -72,7 +73,7 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
         measured.append(sizes)
         # a real batch went through: the device and the sizes are the run's
         assert trainer.strategy.root_device == torch.device("cpu")
-        return {s: 0.05 * s / 32 for s in sizes}, 0.1
+        return {s: 0.05 * s / 32 for s in sizes}, 0.1, 3
 
     monkeypatch.setattr(budget, "measure", fake_measure)
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
@@ -113,7 +114,7 @@ def test_measure_times_real_steps_at_each_size_and_leaves_the_run_untouched(tmp_
     trainer = build_trainer(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    step_s, val_s = budget.measure(trainer, model, datamodule, [32, 40, 48])
+    step_s, val_s, _ = budget.measure(trainer, model, datamodule, [32, 40, 48])
     assert sorted(step_s) == [32, 40, 48] and all(0 < v < 10 for v in step_s.values()) and val_s > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())

@@ -427,7 +427,7 @@ class CatDogDataModule(pl.LightningDataModule):
         if epoch is None:
             return images, labels, indices
         hp = self.hparams
-        size = progressive_size(epoch, hp.image_size, check_progressive(hp.progressive, hp.image_size))
+        size = progressive_size(epoch, hp.image_size, hp.progressive)
         rows = indices.to(store.heights.device)
         x = self._augment(images, store.heights[rows], store.widths[rows], indices, epoch, size)
         return x, labels, indices

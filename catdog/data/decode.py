@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import stat
 import struct
 import warnings
 from collections import deque
@@ -47,7 +46,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.data.datamodule import check_policy, make_loader
-from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image
+from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image, open_regular_file
 from catdog.data.transforms import TTASquare, eval_resize_size, interpolation_mode
 from catdog.errors import BadImageError, ConfigError
 
@@ -183,21 +182,15 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
 def read_file(path: str) -> bytes | None:
     """The bytes of the regular file ``path``, or None for anything else (missing, unreadable, special, larger than
     ``MAX_FILE_BYTES``): ``load_image`` then reports it. Never blocks on a pipe."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
-    except (OSError, ValueError):
+        fh, size = open_regular_file(path)
+    except BadImageError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+    with fh:
+        try:
+            return fh.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else None
+        except OSError:
             return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read(MAX_FILE_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 # ----- pixels ------------------------------------------------------------------------------------------------------

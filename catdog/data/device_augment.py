@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from catdog.data.transforms import augment_settings
 from catdog.errors import ConfigError
 
 M32 = 0xFFFFFFFF
@@ -48,7 +49,6 @@ GRID_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"
 
 # The policies' operations, in torchvision's order (its _AUGMENTATION_SPACE keys).
 OPS = tuple(v2.TrivialAugmentWide._AUGMENTATION_SPACE)
-GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
 # ----- counter-based random numbers ---------------------------------------------------------------------------------
@@ -153,11 +153,8 @@ def policy_matrix(op: torch.Tensor, magnitude: torch.Tensor, size: int) -> torch
     shift = torch.trunc(magnitude)  # translate=[int(magnitude), 0]
     m[:, 0, 2] = torch.where(op == name["TranslateX"], -shift, 0.0)
     m[:, 1, 2] = torch.where(op == name["TranslateY"], -shift, 0.0)
-    rotate = op == name["Rotate"]
-    if bool(rotate.any()):
-        half = torch.full((b,), size / 2.0, device=dev)
-        m = torch.where(rotate[:, None, None], _rotation_about(magnitude, half, half), m)
-    return m
+    half = torch.full((b,), size / 2.0, device=dev)  # computed for every image: no host sync to ask which rotate
+    return torch.where((op == name["Rotate"])[:, None, None], _rotation_about(magnitude, half, half), m)
 
 
 def supersample_factor(stored: int, size: int) -> int:
@@ -263,37 +260,28 @@ class BatchAugment:
     to whole batches: ``augment(images, heights, widths, indices, epoch, size) -> (B, 3, size, size)`` float in
     [0, 1] from ``(B, 3, S, S)`` uint8 stored squares whose images were ``heights`` x ``widths`` px."""
 
-    def __init__(
-        self,
-        seed: int,
-        scale: Sequence[float] = (0.35, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        hflip: float = 0.5,
-        rotation: float = 0.0,
-        color_jitter: float = 0.0,
-        auto: str | None = None,
-        magnitude: int | None = None,
-        interpolation: str = "bilinear",
-    ):
+    def __init__(self, seed: int, interpolation: str = "bilinear", **augment):
         if interpolation not in GRID_MODES:
             raise ConfigError(f"data.interpolation must be one of {list(GRID_MODES)}, got {interpolation!r}")
+        a = augment_settings(augment)  # train_transform's settings and defaults
         self.seed = int(seed)
-        self.scale, self.ratio = tuple(float(s) for s in scale), tuple(float(r) for r in ratio)
-        self.hflip, self.rotation, self.jitter = float(hflip), float(rotation), float(color_jitter)
-        self.auto = auto
-        self.num_ops = {None: 0, "trivial": 1, "randaugment": 2}[auto]
-        self.magnitude = 9 if magnitude is None else int(magnitude)
+        self.scale, self.ratio = tuple(float(s) for s in a["scale"]), tuple(float(r) for r in a["ratio"])
+        self.hflip, self.rotation, self.jitter = float(a["hflip"]), float(a["rotation"]), float(a["color_jitter"])
+        self.auto = a["auto"]
+        self.num_ops = {None: 0, "trivial": 1, "randaugment": 2}[self.auto]
+        self.magnitude = 9 if a["magnitude"] is None else int(a["magnitude"])
         self.mode = GRID_MODES[interpolation]
-        self._tables: dict[tuple[int, str], torch.Tensor] = {}
+        self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # draws per image: crop (22), flip, rotation, 3 jitter factors, then per policy op: op, bin, sign
     def draws(self) -> int:
         return 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 3 + 3 * self.num_ops
 
-    def _table(self, size: int, device) -> torch.Tensor:
+    def _tables_on(self, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(magnitude table, signed flags) on ``device``, built once per size."""
         key = (size, str(device))
         if key not in self._tables:
-            self._tables[key] = magnitude_table(self.auto, size).to(device)
+            self._tables[key] = (magnitude_table(self.auto, size).to(device), signed_ops().to(device))
         return self._tables[key]
 
     def sample(self, heights: torch.Tensor, widths: torch.Tensor, indices: torch.Tensor, epoch: int, size: int):
@@ -308,7 +296,7 @@ class BatchAugment:
             "jitter": 1.0 + self.jitter * (2.0 * u[:, c + 2 : c + 5] - 1.0),
         }
         ops, mags = [], []
-        signed = signed_ops().to(u.device)
+        table, signed = self._tables_on(size, u.device) if self.num_ops else (None, None)
         for k in range(self.num_ops):
             uo, ub, us = u[:, c + 5 + 3 * k], u[:, c + 6 + 3 * k], u[:, c + 7 + 3 * k]
             op = torch.floor(uo * len(OPS)).long().clamp_(max=len(OPS) - 1)
@@ -316,7 +304,7 @@ class BatchAugment:
                 b = torch.floor(ub * NUM_BINS).long().clamp_(max=NUM_BINS - 1)
             else:
                 b = torch.full_like(op, self.magnitude)
-            m = self._table(size, u.device)[op, b]
+            m = table[op, b]
             sign = torch.where(signed[op] & (us < 0.5), -1.0, 1.0)
             ops.append(op)
             mags.append(m * sign)
@@ -358,7 +346,7 @@ class BatchAugment:
         k = supersample_factor(stored, size)
         grid = _grid(norm @ rotation @ crop @ flip @ policy, size, k)
         x = F.grid_sample(images.to(torch.float32).mul_(1 / 255), grid, mode=self.mode, align_corners=False)
-        if self.num_ops and bool(torch.isin(p["ops"], self._geometric(dev)).any()):
+        if self.num_ops:
             keep = torch.ones(b, size * k, size * k, dtype=torch.bool, device=dev)
             for m in inner:  # black where any policy step sampled outside its input
                 keep &= _inside(_grid(m, size, k), size)
@@ -373,6 +361,3 @@ class BatchAugment:
         for k in range(self.num_ops):
             x = apply_colour_op(x, p["ops"][:, k], p["magnitudes"][:, k])
         return x
-
-    def _geometric(self, device) -> torch.Tensor:
-        return torch.tensor([OPS.index(n) for n in GEOMETRIC], device=device)

@@ -117,15 +117,15 @@ class ImageStore:
         """True when batches are gathered on the host and copied (asynchronously, from pinned memory)."""
         return self.images.device.type == "cpu" and self.device is not None and self.device.type != "cpu"
 
-    def place(self, device: torch.device, share_left: bool = True) -> None:
-        """Move the images to ``device`` if they fit (``share_left``), else pin them in host memory (once)."""
+    def place(self, device: torch.device) -> None:
+        """Move the images to ``device`` if they fit, else pin them in host memory (once)."""
         if self.device == device:
             return
         self.device = device
         self.heights, self.widths = self.heights.to(device), self.widths.to(device)
         if device.type == "cpu":
             self.images = self.images.cpu()
-        elif share_left and fits(self.nbytes, device):
+        elif fits(self.nbytes, device):
             self.images = self.images.to(device)
             log.info("data.pipeline=device: %.1f MiB of decoded images on %s", self.nbytes / 2**20, device)
         else:

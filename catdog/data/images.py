@@ -125,7 +125,7 @@ def _check_size(path: str, img: Image.Image, max_pixels: int) -> None:
         )
 
 
-def _open_file(path: str):
+def open_regular_file(path: str):
     """Open ``path`` for reading without blocking; only regular files (through symlinks) are accepted."""
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -151,7 +151,7 @@ def _open_file(path: str):
 @contextmanager
 def _opened(path: str, max_pixels: int) -> Iterator[Image.Image]:
     """The identified, size-checked image at ``path``, pixels not yet decoded; closed on exit."""
-    fh, size = _open_file(path)
+    fh, size = open_regular_file(path)
     with fh:
         if size == 0:
             raise BadImageError(path, "empty file (0 bytes)")

@@ -157,14 +157,31 @@ def progressive_size(epoch: int, image_size: int, progressive: dict | None) -> i
     return max(start, int(size) // multiple * multiple)
 
 
+def _augment_parameters() -> dict[str, inspect.Parameter]:
+    """:func:`train_transform`'s parameters that ``data.augment`` sets."""
+    params = inspect.signature(train_transform).parameters
+    return {n: p for n, p in params.items() if n not in ("image_size", "interpolation")}
+
+
 def check_augment(augment: dict | None) -> dict:
     """``data.augment``: only :func:`train_transform`'s settings."""
     augment = dict(augment or {})
-    known = [n for n in inspect.signature(train_transform).parameters if n not in ("image_size", "interpolation")]
+    known = list(_augment_parameters())
     unknown = sorted(set(augment) - set(known))
     if unknown:
         raise ConfigError(f"data.augment has unknown key(s) {unknown}; known: {known}")
     return augment
+
+
+def augment_settings(augment: dict | None) -> dict:
+    """``data.augment`` checked and completed with :func:`train_transform`'s defaults (what both pipelines apply)."""
+    augment = check_augment(augment)
+    defaults = {
+        n: p.default
+        for n, p in inspect.signature(train_transform).parameters.items()
+        if n not in ("image_size", "interpolation")
+    }
+    return {**defaults, **augment}
 
 
 class ProgressiveTransform:

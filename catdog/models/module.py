@@ -383,7 +383,7 @@ class ClassifierModule(pl.LightningModule):
             self.check_finite()
 
     def on_validation_start(self) -> None:
-        if self.trainer.training or self.trainer.state.fn == "fit":
+        if self.trainer.state.fn == "fit":  # a fit's validation, not a scoring pass
             self.check_finite()
 
     def on_train_epoch_end(self) -> None:
