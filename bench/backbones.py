@@ -24,7 +24,8 @@ from common import machine_line, markdown_table  # noqa: E402
 
 from catdog.errors import ConfigError  # noqa: E402
 from catdog.models.module import ClassifierModule  # noqa: E402
-from catdog.models.networks import check_input_size, family_of  # noqa: E402
+from catdog.models.networks import check_input_size
+from catdog.models.stages import family_of  # noqa: E402
 
 DEFAULT_ARCHS = (
     "vgg16_bn,resnet18,resnet50,convnext_tiny,efficientnet_b0,efficientnet_v2_s,regnet_y_400mf,mobilenet_v3_large,"

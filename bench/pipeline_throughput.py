@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_line, markdown_table, sync  # noqa: E402
 
-from catdog.training import build_datamodule, build_model, build_trainer  # noqa: E402
+from catdog.builders import build_datamodule, build_model, build_trainer  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging as LightningEMA
 from pytorch_lightning.callbacks import StochasticWeightAveraging as LightningSWA
 
 from catdog.errors import ConfigError
-from catdog.models.networks import uses_batchnorm
+from catdog.models.stages import uses_batchnorm
 
 
 def _number(value) -> bool:

@@ -29,7 +29,7 @@ from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
 from catdog.models.precision import AUTOCAST
-from catdog.resume import RUN_SETTINGS_KEY
+from catdog.runs.resume import RUN_SETTINGS_KEY
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,6 @@ from catdog.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
-BEST_NAME = "best.ckpt"
-SWA_NAME = "swa.ckpt"
 #: Checkpoint key of the temperature-scaling record (:func:`catdog.models.calibration.calibration_record`).
 CALIBRATION_KEY = "calibration"
 
@@ -46,31 +44,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_classifier(path: str | os.PathLike):
-    """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint).
-
-    A model file written by ``python -m catdog.export`` (``.onnx``, TorchScript) gives an
-    :class:`catdog.exported.ExportedClassifier`, which predicts the same way."""
-    from catdog.exported import exported_format, load_exported
-    from catdog.models.module import ClassifierModule
-
-    fmt = exported_format(path)
-    if fmt is not None:
-        return load_exported(path, fmt)
-    ckpt = read_checkpoint(path)
-    hp = dict(ckpt["hyper_parameters"])
-    hp["weights"] = None
-    try:
-        model = ClassifierModule(**hp)
-        model.load_state_dict(upgrade_state_dict(ckpt["state_dict"]), strict=True)
-    except (TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not match catdog's model: {exc}") from None
-    model.checkpoint_path = str(path)
-    model.datamodule_hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    model.temperature = checkpoint_temperature(ckpt)
-    return model.eval()
-
-
 def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     """Checkpoints of catdog's first, VGG-only network (``net.backbone`` = VGG's ``features``, ``net.head`` = pooling,
     flatten, then the classifier layers) renamed to the keys of the torchvision model it now wraps."""
@@ -85,17 +58,6 @@ def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
             key = f"net.model.classifier.{int(index) - 2}.{rest}"
         out[key] = value
     return out
-
-
-def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:
-    """The fitted temperature saved in a checkpoint, or None when it has none."""
-    record = ckpt.get(CALIBRATION_KEY)
-    return valid_temperature(record.get("temperature") if isinstance(record, dict) else None)
-
-
-def valid_temperature(t) -> float | None:
-    """``t`` as a temperature: a positive number, else None (none fitted)."""
-    return float(t) if isinstance(t, (int, float)) and t > 0 else None
 
 
 def save_calibration(path: str | os.PathLike, record: dict[str, float]) -> None:

@@ -29,6 +29,7 @@ The file runs in float32 whatever ``precision=`` says, and ``compile=true`` does
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -40,8 +41,8 @@ from typing import Any
 
 import torch
 
-from catdog.checkpoints import valid_temperature
-from catdog.errors import CheckpointError
+from catdog.errors import CheckpointError, ConfigError
+from catdog.models.calibration import valid_temperature
 from catdog.models.tta import predict_views
 
 log = logging.getLogger(__name__)
@@ -253,3 +254,27 @@ def load_exported(path: str | os.PathLike, fmt: str | None = None) -> ExportedCl
     runner = _OnnxRunner(path) if fmt == "onnx" else _TorchScriptRunner(path)
     metadata = parse_metadata(runner.metadata(), path)
     return ExportedClassifier(path, fmt, runner, metadata)
+
+
+def check_export_args(fmt: Any, opset: Any, batch: Any) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
+        raise ConfigError(f"opset must be null (the exporter's default) or an ONNX opset number, got {opset!r}")
+    if opset is not None and fmt != "onnx":
+        raise ConfigError("opset= applies to format=onnx only")
+    if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise ConfigError(f"batch must be null (any batch size) or a positive integer, got {batch!r}")
+    if batch is not None and fmt != "onnx":
+        raise ConfigError("batch= applies to format=onnx only (a TorchScript model takes any batch size)")
+    return fmt
+
+
+def check_dependencies(fmt: str, verify: bool) -> None:
+    """format=onnx needs onnx and onnxscript (the exporter), and onnxruntime to verify the file."""
+    if fmt != "onnx":
+        return
+    needed = ["onnx", "onnxscript"] + (["onnxruntime"] if verify else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"format=onnx needs {' and '.join(missing)}, not installed: {INSTALL_HINT}")

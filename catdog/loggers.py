@@ -2,7 +2,7 @@
 named loggers (``tensorboard: {_target_: ...}``), ``logger=many_loggers`` composes several, and ``logger=[csv,wandb]``
 picks any set on the command line. Each one writes locally and needs no network:
 
-- ``csv``: catdog's :class:`~catdog.run_folder.CSVLogger`, ``csv/metrics.csv`` in the run folder (kept whole across
+- ``csv``: catdog's :class:`~catdog.loggers.CSVLogger`, ``csv/metrics.csv`` in the run folder (kept whole across
   resumes);
 - ``tensorboard``: event files in the run folder's ``tensorboard/``;
 - ``mlflow``: a SQLite tracking store shared by every run under ``paths.log_dir`` (``mlflow.db``);
@@ -13,14 +13,18 @@ The packages a chosen logger needs are checked (:func:`check_loggers`) before an
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
 import hydra
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import MLFlowLogger as _LightningMLFlowLogger
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from catdog.errors import ConfigError
 
@@ -113,3 +117,25 @@ class WandbLogger(_LightningWandbLogger):
         super().finalize(status)
         if self._experiment is not None:
             self._experiment.finish(exit_code=0 if status == "success" else 1)
+
+
+class _KeepingWriter(ExperimentWriter):
+    """Appends to an existing ``metrics.csv`` (continuing its header) instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSV logger, except that it never deletes the metrics a run folder already holds."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -12,51 +12,26 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.checkpoints import load_classifier
-from catdog.data.datamodule import ImageDataset, check_policy, default_num_workers, make_loader
+from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader
 from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
 from catdog.data.images import find_bad_images, format_bad_images
 from catdog.data.layouts import find_unlabelled, image_ids, read_labelled, row_ids
 from catdog.data.transforms import eval_resize_size, eval_transform
-from catdog.ensemble import check_ensemble_mode, combine, markdown_table, read_split
+from catdog.ensemble import combine
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
+from catdog.inference import load_classifier
 from catdog.metrics import accuracy, log_loss
-from catdog.models.precision import AUTOCAST, auto_precision
-from catdog.models.tta import check_tta, check_view_set
+from catdog.models.precision import autocast_dtype, resolve_device
 from catdog.progress import Periodic
 from catdog.report.build import safe_report, write_evaluation_report
-from catdog.resume import checkpoint_run
-from catdog.selection import resolve_members
-from catdog.submission import check_clip, clip_probs, submission_text, write_submission
+from catdog.runs.layout import SPLIT_NAME, markdown_table, read_split
+from catdog.runs.resume import checkpoint_run
+from catdog.runs.selection import resolve_members
+from catdog.submission import clip_probs, submission_text, write_submission
+from catdog.validation import check_predict_config
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but no CUDA GPU is available")
-    return torch.device(device)
-
-
-PRECISIONS = ("auto", "32", "bf16", "16")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for prediction, or None for fp32.
-
-    ``auto`` follows :mod:`catdog.models.precision`: bf16 on GPUs and CPUs that compute in bf16 natively, fp16 on CUDA
-    GPUs that only emulate bf16, fp32 on other CPUs.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return AUTOCAST[auto_precision("cuda" if device.type == "cuda" else "cpu")]
-    return {"32": None, "16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 @torch.inference_mode()
@@ -160,16 +135,10 @@ def _predict_member(
 
 def predict(cfg: DictConfig):
     """Predict ``input`` with one checkpoint or an ensemble (members loaded one at a time), with TTA."""
-    tta = check_tta(cfg.tta)
-    views = check_view_set(cfg.get("tta_views", "zoom"))
-    clip = check_clip(cfg.clip)
-    policy = check_policy(cfg.on_bad_image, "on_bad_image")
-    mode = check_ensemble_mode(cfg.get("ensemble", "prob"))
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+    check_predict_config(cfg)
+    tta, views, clip, policy = cfg.tta, cfg.get("tta_views", "zoom"), cfg.clip, cfg.on_bad_image
+    mode, precision = cfg.get("ensemble", "prob"), str(cfg.get("precision", "auto"))
     device = resolve_device(cfg.device)
-    precision = str(cfg.get("precision", "auto"))
-    autocast_dtype(precision, device)
     decoder = resolve_decoder(cfg.get("decoder", "auto"))
     if cfg.labelled:
         outputs = evaluation_outputs(Path(cfg.output))
@@ -247,7 +216,7 @@ def scored_in_sample(source, members) -> str | None:
     """The member checkpoint whose own run's ``split.csv`` is the input (``input=RUN/split.csv``): its validation
     images chose that checkpoint's epoch and fitted its temperature, so scores on them are in-sample."""
     source = Path(source)
-    if source.name != "split.csv":
+    if source.name != SPLIT_NAME:
         return None
     return next((str(m) for m in members if checkpoint_run(m) == source.resolve().parent), None)
 

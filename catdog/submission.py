@@ -23,7 +23,8 @@ def id_sort_key(image_id: str):
     return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
 
 
-def check_clip(clip: Sequence[float] | None) -> tuple[float, float] | None:
+def clip_bounds(clip: Sequence[float] | None) -> tuple[float, float] | None:
+    """``clip`` as ``(lo, hi)`` with 0 < lo < 0.5 < hi < 1; None: no clipping."""
     if clip is None:
         return None
     try:
@@ -39,7 +40,7 @@ def check_clip(clip: Sequence[float] | None) -> tuple[float, float] | None:
 
 def clip_probs(probs: np.ndarray, clip: Sequence[float] | None) -> np.ndarray:
     """Clamp probabilities to [lo, hi] (bounds the log loss of confident mistakes) and renormalize rows."""
-    bounds = check_clip(clip)
+    bounds = clip_bounds(clip)
     if bounds is None:
         return probs
     p = np.clip(probs, *bounds)

@@ -8,11 +8,14 @@ import pytest
 import torch
 import torchvision
 
-from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.builders import build_datamodule, build_model, resolve_preprocessing
+from catdog.checkpoints import read_checkpoint
 from catdog.errors import ConfigError, WeightsUnavailableError
+from catdog.inference import load_classifier
 from catdog.models.module import ClassifierModule
-from catdog.models.networks import build_network, check_arch
-from catdog.training import build_datamodule, build_model, resolve_preprocessing, train
+from catdog.models.networks import build_network
+from catdog.models.stages import check_arch
+from catdog.training import train
 from tests.conftest import compose_predict, compose_train, make_flat, tiny_train_cfg
 
 # (arch, stages, extra overrides): the smallest member of each family at the smallest size it takes.
@@ -182,7 +185,7 @@ def test_image_size_too_small_for_the_arch_is_a_config_error(flat_data, tmp_path
 
 
 def test_swa_with_frozen_batchnorm_stages_is_refused_for_any_bn_family(tmp_path):
-    from catdog.training import check_train_config
+    from catdog.validation import check_train_config
 
     def cfg(arch):
         c = compose_train([f"model.arch={arch}", "model.weights=null", "averaging=swa", "model.finetune.blocks=2"])
@@ -276,32 +279,33 @@ def test_checkpoints_of_the_first_vgg_layout_still_load(tmp_path):
 def test_stage_list_is_logged_once_at_the_start(flat_data, tmp_path, caplog):
     import logging
 
-    import catdog.training as training
+    import catdog.builders as builders
 
-    training._described.discard("resnet18")
+    builders._described.discard("resnet18")
     cfg = tiny_train_cfg(flat_data, tmp_path / "run", "model.arch=resnet18", "model.width=1.0")
-    with caplog.at_level(logging.INFO, logger="catdog.training"):
+    with caplog.at_level(logging.INFO, logger="catdog.builders"):
         dm = build_datamodule(cfg)
         dm.setup("fit")
         model = build_model(cfg, dm.classes)
-        training._check_network(cfg, model)
-        training._check_network(cfg, model)
+        builders._check_network(cfg, model)
+        builders._check_network(cfg, model)
     lines = [r.message for r in caplog.records if r.message.startswith("resnet18: 4 stages")]
     assert len(lines) == 1 and "1 layer1 (+ conv1, bn1)" in lines[0] and "head fc" in lines[0]
 
 
 def test_kfold_run_started_before_interpolation_existed_still_resumes(tmp_path):
     """A k-fold folder's kfold.json written without data.interpolation matches a bilinear run, not a bicubic one."""
-    from catdog.training import KFOLD_SETTINGS, _check_kfold_settings
+    from catdog.runs.layout import KFOLD_SETTINGS
+    from catdog.training import check_kfold_settings
 
     cfg = compose_train(["model.weights=null", "data.folds=3"], output_dir=tmp_path)
     resolve_preprocessing(cfg)
-    _check_kfold_settings(cfg, tmp_path)
+    check_kfold_settings(cfg, tmp_path)
     path = tmp_path / KFOLD_SETTINGS
     saved = json.loads(path.read_text())
     del saved["data"]["interpolation"]
     path.write_text(json.dumps(saved))
-    _check_kfold_settings(cfg, tmp_path)  # the same run: resumes
+    check_kfold_settings(cfg, tmp_path)  # the same run: resumes
     cfg.data.interpolation = "bicubic"
     with pytest.raises(ConfigError, match=r"differs in data\.interpolation"):
-        _check_kfold_settings(cfg, tmp_path)
+        check_kfold_settings(cfg, tmp_path)

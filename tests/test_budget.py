@@ -10,10 +10,11 @@ from omegaconf import open_dict
 
 import catdog.budget as budget
 from catdog.budget import Timings, candidate_sizes, check_budget, plan_epochs, scaled_progressive
+from catdog.builders import build_datamodule, build_model, build_trainer
 from catdog.checkpoints import read_checkpoint
 from catdog.errors import ConfigError
-from catdog.resume import RUN_SETTINGS_KEY
-from catdog.training import build_datamodule, build_model, build_trainer, train
+from catdog.runs.resume import RUN_SETTINGS_KEY
+from catdog.training import train
 from tests.conftest import compose_train, make_flat, tiny_train_cfg
 
 PROGRESSIVE = {"start_size": 64, "epochs": 13, "multiple": 16}

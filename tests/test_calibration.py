@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from catdog.checkpoints import load_classifier, read_checkpoint
-from catdog.ensemble import read_oof
+from catdog.checkpoints import read_checkpoint
+from catdog.inference import load_classifier
 from catdog.metrics import log_loss
 from catdog.models.calibration import calibrated_probs, calibration_record, fit_temperature, nll
 from catdog.models.module import ClassifierModule
 from catdog.prediction import predict
+from catdog.runs.layout import read_oof
 from catdog.submission import submission_text
 from catdog.training import train
 from tests.conftest import compose_predict, make_flat, tiny_train_cfg

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from catdog.models.networks import all_archs
-from catdog.training import check_train_config, resolve_preprocessing
+from catdog.builders import resolve_preprocessing
+from catdog.models.stages import all_archs
+from catdog.validation import check_train_config
 from tests.conftest import CONF_DIR, compose_predict, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

@@ -11,12 +11,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from catdog.builders import build_datamodule, build_model, build_trainer
 from catdog.checkpoints import read_checkpoint
 from catdog.data.datamodule import EpochShuffleSampler, ShardSampler, collate_skip_none
 from catdog.distributed import check_distributed, gather_predictions, launch_rank
-from catdog.ensemble import split_text
 from catdog.errors import ConfigError
-from catdog.training import build_datamodule, build_model, build_trainer, score_checkpoint
+from catdog.fit import score_checkpoint
+from catdog.runs.layout import split_text
 from tests.conftest import CONF_DIR, TINY, compose_train, make_flat, needs_extra, run_script
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]

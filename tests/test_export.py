@@ -11,12 +11,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from catdog.checkpoints import load_classifier
+from catdog.cli.export import main as export_main
 from catdog.data.images import load_image
 from catdog.data.transforms import eval_transform
 from catdog.errors import CheckpointError, ConfigError
-from catdog.export import export
 from catdog.exported import ExportedClassifier, load_exported
+from catdog.exporting import export
+from catdog.inference import load_classifier
 from catdog.prediction import predict
 from catdog.training import train
 from tests.conftest import (
@@ -255,14 +256,12 @@ def test_format_onnx_names_every_missing_export_package(trained, tmp_path, monke
 
 def _run_cli(monkeypatch, tmp_path, *args):
     """``python -m catdog.export ARGS`` in this process (Hydra and all), from ``tmp_path``."""
-    from catdog.export import _main
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["catdog.export", *args, f"hydra.run.dir={tmp_path / 'hydra'}"])
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        _main()
+        export_main()
     finally:  # Hydra configured logging for its run: back to pytest's
         root.handlers[:] = handlers
         root.setLevel(level)

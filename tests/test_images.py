@@ -19,14 +19,14 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import DataLoader
 
 import catdog.data.images as images
-from catdog import training
+from catdog import builders, fit, training
 from catdog.data.datamodule import CatDogDataModule, ImageDataset, collate_skip_none
 from catdog.data.images import check_image, find_bad_images, is_image_file, list_image_files, load_image
 from catdog.data.layouts import detect_layout, find_unlabelled, read_class_folders, read_flat_folder, read_labelled
 from catdog.data.transforms import eval_transform
-from catdog.ensemble import split_text
 from catdog.errors import BadImageError, ConfigError, DatasetError
-from catdog.resume import check_same_split
+from catdog.runs.layout import split_text
+from catdog.runs.resume import check_same_split
 from tests.conftest import make_flat, make_image, tiny_train_cfg
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -632,13 +632,13 @@ def dirty_flat(tmp_path):
 
 def _capture_datamodule(monkeypatch) -> list:
     made = []
-    build = training.build_datamodule
+    build = builders.build_datamodule
 
     def capturing(cfg):
         made.append(build(cfg))
         return made[-1]
 
-    monkeypatch.setattr(training, "build_datamodule", capturing)
+    monkeypatch.setattr(fit, "build_datamodule", capturing)
     return made
 
 
@@ -665,7 +665,7 @@ def test_training_with_on_bad_image_error_fails_fast_naming_the_files(dirty_flat
     def no_model(*_a, **_k):
         raise AssertionError("a model was built although the data were bad")
 
-    monkeypatch.setattr(training, "build_model", no_model)
+    monkeypatch.setattr(fit, "build_model", no_model)
     cfg = tiny_train_cfg(root, tmp_path / "run", "data.on_bad_image=error")
     with pytest.raises(BadImageError) as info:
         training.train(cfg)
@@ -711,7 +711,7 @@ def test_all_bad_batch_collates_to_an_empty_batch():
 def test_fit_survives_files_corrupted_after_setup(flat_data, tmp_path):
     """Files that break between screening and loading (a disk, a sync tool) are skipped mid-epoch, not fatal."""
     cfg = tiny_train_cfg(flat_data, tmp_path / "run", "data.batch_size=2")
-    dm = training.build_datamodule(cfg)
+    dm = builders.build_datamodule(cfg)
     dm.setup("fit")
     for p in dm.train_set.paths[:3] + dm.val_set.paths[:1]:  # includes a whole batch of bad files
         Path(p).write_bytes(_encoded("JPEG", (64, 48))[:200])
@@ -719,8 +719,8 @@ def test_fit_survives_files_corrupted_after_setup(flat_data, tmp_path):
     loader = DataLoader(dm.train_dataset(), batch_size=2, collate_fn=collate_skip_none)
     seen = sum(len(b[2]) for b in loader)
     assert seen == len(dm.train_set) - 4
-    model = training.build_model(cfg, dm.classes)
-    trainer = training.build_trainer(cfg, logger=False, enable_checkpointing=False, callbacks=[])
+    model = builders.build_model(cfg, dm.classes)
+    trainer = builders.build_trainer(cfg, logger=False, enable_checkpointing=False, callbacks=[])
     trainer.fit(model, datamodule=dm)
     assert trainer.state.finished and trainer.current_epoch == 1
     assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["val/logloss"])))

@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from catdog.errors import CheckpointError, ConfigError
 from catdog.prediction import predict
 from catdog.report.build import sweep_points
-from catdog.sweep import sweep_rows
+from catdog.runs.sweep import sweep_rows
 from catdog.training import train
 from tests.conftest import (
     compose_predict,
@@ -223,7 +223,7 @@ def test_optuna_search_returns_the_metric_to_the_sampler(tmp_path):
 
 
 def test_latest_resolves_to_the_whole_ensemble(kfold_run):
-    from catdog.selection import resolve_members
+    from catdog.runs.selection import resolve_members
 
     run, _, _ = kfold_run
     members = resolve_members("latest", run.parent)

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf, open_dict
 
 from catdog import loggers
 from catdog.errors import ConfigError
-from catdog.run_folder import CSVLogger, metrics_file
-from catdog.training import _continue_history, train
+from catdog.loggers import CSVLogger
+from catdog.runs.history import metrics_file
+from catdog.training import continue_history, train
 from tests.conftest import compose_train, make_flat, needs_extra, tiny_train_cfg
 
 
@@ -73,7 +74,7 @@ def test_logger_configs_are_named_loggers_that_compose():
     assert list(compose_train(["logger=many_loggers"]).logger) == ["csv", "tensorboard", "mlflow"]
     assert list(compose_train(["logger=[csv,wandb]"]).logger) == ["csv", "wandb"]
     assert loggers.logger_configs(compose_train(["~logger"])) == {}
-    single = OmegaConf.create({"logger": {"_target_": "catdog.run_folder.CSVLogger", "save_dir": "."}})
+    single = OmegaConf.create({"logger": {"_target_": "catdog.loggers.CSVLogger", "save_dir": "."}})
     assert list(loggers.logger_configs(single)) == ["logger"]  # one logger given directly
     for name in ("csv", "tensorboard", "mlflow", "wandb"):
         for conf in compose_train([f"logger={name}"]).logger.values():
@@ -149,13 +150,13 @@ def test_resume_without_a_csv_logger_says_the_history_is_not_trimmed(others, tmp
     trainer = SimpleNamespace(loggers=[SimpleNamespace(name=name) for name in others])
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,val/logloss\n0,1,0.5\n1,3,0.4\n")
-    with caplog.at_level(logging.INFO, logger="catdog.training"):
-        _continue_history(trainer, tmp_path, tmp_path.resolve(), {"epoch": 0, "global_step": 2})
+    with caplog.at_level(logging.INFO, logger="catdog.runs.history"):
+        continue_history(trainer, tmp_path, tmp_path.resolve(), {"epoch": 0, "global_step": 2})
     assert "no CSV logger in this run (logger.csv): the metric history is not trimmed to the checkpoint" in caplog.text
     assert (tmp_path / "csv" / "metrics.csv").read_text().count("\n") == 3  # left as it was
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="catdog.training"):
-        _continue_history(trainer, tmp_path, tmp_path.resolve(), None)  # a fresh run: nothing to say
+    with caplog.at_level(logging.INFO, logger="catdog.runs.history"):
+        continue_history(trainer, tmp_path, tmp_path.resolve(), None)  # a fresh run: nothing to say
     assert "no CSV logger" not in caplog.text
 
 

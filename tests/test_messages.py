@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from catdog.run_folder import resume_command
+from catdog.runs.resume import resume_command
 from catdog.training import train
 from tests.conftest import TINY, make_flat, run_script, tiny_train_cfg
 
@@ -37,7 +37,7 @@ def test_training_console_has_no_lines_a_user_cannot_act_on(tmp_path):
 def test_seed_null_draws_a_seed_logs_and_saves_it(tmp_path, caplog):
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     run = tmp_path / "run"
-    with caplog.at_level(logging.INFO, logger="catdog.training"):
+    with caplog.at_level(logging.INFO, logger="catdog.validation"):
         train(tiny_train_cfg(data, run, "seed=null"))
     seed = int(re.search(r"seed=null: drew seed (\d+)", caplog.text).group(1))
     assert OmegaConf.load(run / ".hydra" / "config.yaml").seed == seed

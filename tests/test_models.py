@@ -117,7 +117,7 @@ def test_train_stops_on_missing_weights_before_reading_data(monkeypatch, tmp_pat
 
 def test_checkpoint_of_a_pretrained_model_reloads_offline(monkeypatch, tmp_path, vgg16_features_file):
     """A model started from a weights file records it as ``pretrained``; reloading never needs that file."""
-    from catdog.checkpoints import load_classifier
+    from catdog.inference import load_classifier
     from catdog.models.module import ClassifierModule
 
     model = ClassifierModule(["cat", "dog"], arch="vgg16", weights=str(vgg16_features_file), head_hidden=8)

@@ -9,11 +9,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
+from catdog.builders import build_datamodule, build_model, build_trainer
 from catdog.errors import ConfigError
 from catdog.models.module import ClassifierModule
 from catdog.models.optim import check_optimizer, check_scheduler, param_groups
 from catdog.models.schedules import one_cycle_factor, phase_bounds, warmup_cosine_factor
-from catdog.training import build_datamodule, build_model, build_trainer, train
+from catdog.training import train
 from tests.conftest import compose_train, make_flat, tiny_train_cfg
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from catdog.builders import build_trainer
 from catdog.models import precision
-from catdog.prediction import autocast_dtype
-from catdog.training import build_trainer
+from catdog.models.precision import autocast_dtype
 from tests.conftest import tiny_train_cfg
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from catdog.checkpoints import load_classifier
 from catdog.data.images import load_image
 from catdog.data.transforms import eval_transform
 from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetError
 from catdog.fileio import OutputExistsError
+from catdog.inference import load_classifier
 from catdog.prediction import predict
 from catdog.training import train
 from tests.conftest import compose_predict, make_image, tiny_train_cfg

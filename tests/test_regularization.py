@@ -14,10 +14,11 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from catdog.averaging import ema_decay
-from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.checkpoints import read_checkpoint
 from catdog.data.datamodule import EpochShuffleSampler, ImageDataset, make_loader
 from catdog.data.transforms import ProgressiveTransform, build_mixer, eval_transform, progressive_size, train_transform
 from catdog.errors import ConfigError
+from catdog.inference import load_classifier
 from catdog.models.module import ClassifierModule
 from catdog.prediction import predict_loader
 from catdog.training import train

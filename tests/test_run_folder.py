@@ -16,7 +16,9 @@ from catdog.checkpoints import read_checkpoint
 from catdog.data.cache import open_cache
 from catdog.errors import CheckpointError, ConfigError
 from catdog.fileio import atomic_write_text
-from catdog.run_folder import resume_command, save_config_record, trim_history
+from catdog.runs.history import trim_history
+from catdog.runs.layout import save_config_record
+from catdog.runs.resume import resume_command
 from catdog.training import train
 from tests.conftest import TINY, make_flat, run_script, tiny_train_cfg
 
@@ -63,7 +65,7 @@ def test_interrupted_run_says_how_to_resume_and_keeps_its_history(tmp_path, capl
     run = tmp_path / "run"
     args = ("trainer.max_epochs=3",)
     cfg = _with_callback(tiny_train_cfg(data, run, *args), "stop", "tests.helpers.InterruptAt", epoch=2)
-    with caplog.at_level(logging.WARNING, logger="catdog.training"):
+    with caplog.at_level(logging.WARNING, logger="catdog.fit"):
         _interrupted(cfg)
     assert f"interrupted; to resume, run:\n  python train.py hydra.run.dir={run}" in caplog.text
     assert _val_epochs(run) == [0, 1]

@@ -18,10 +18,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from catdog import run_lock
+from catdog.cli.callbacks import SweepFolderLock
+from catdog.cli.resolvers import register_resolvers
+from catdog.cli.run_log import RunLogHandler
 from catdog.fileio import OutputExistsError, OutputWriteError, atomic_open, atomic_write_text
-from catdog.run_lock import LOCK_NAME, FolderInUseError, RunLogHandler, SweepFolderLock, hold_folder, run_stamp
-from catdog.sweep import register_resolvers
+from catdog.runs import lock as run_lock
+from catdog.runs.layout import LOCK_NAME
+from catdog.runs.lock import FolderInUseError, hold_folder, run_stamp
 from catdog.training import train
 from tests.conftest import CONF_DIR, TINY, make_flat, run_script, start_script, tiny_train_cfg
 
@@ -155,7 +158,7 @@ def test_lock_of_a_dead_process_or_a_reused_pid_is_taken_over(tmp_path, caplog, 
     for name, fields in cases.items():
         folder = tmp_path / name
         _lock_of(folder, **fields)
-        with caplog.at_level(logging.WARNING, logger="catdog.run_lock"), hold_folder(folder):
+        with caplog.at_level(logging.WARNING, logger="catdog.runs.lock"), hold_folder(folder):
             assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
         assert f"took over the lock left by pid {fields['pid']}" in caplog.text
         assert not (folder / LOCK_NAME).exists()
@@ -194,7 +197,7 @@ def test_lock_from_another_pid_namespace_is_refused_naming_the_file_to_delete(tm
     del record["pid_ns"]
     old.write_text(json.dumps(record) + "\n")
     for path in (own, old):
-        with caplog.at_level(logging.WARNING, logger="catdog.run_lock"), hold_folder(path.parent):
+        with caplog.at_level(logging.WARNING, logger="catdog.runs.lock"), hold_folder(path.parent):
             record = json.loads(path.read_text())
             assert record["pid"] == os.getpid() and record["pid_ns"] == run_lock._pid_namespace()
         assert not path.exists()
@@ -256,7 +259,7 @@ def test_unreadable_lock_file_is_new_for_a_moment_then_stale(tmp_path, caplog):
     with pytest.raises(FolderInUseError, match="is being claimed by another process"), hold_folder(tmp_path):
         pass
     os.utime(path, (0, 0))
-    with caplog.at_level(logging.WARNING, logger="catdog.run_lock"), hold_folder(tmp_path):
+    with caplog.at_level(logging.WARNING, logger="catdog.runs.lock"), hold_folder(tmp_path):
         pass
     assert "held no readable record" in caplog.text and not path.exists()
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from catdog.errors import CheckpointError
-from catdog.selection import resolve_members
+from catdog.runs.selection import resolve_members
 
 
 def _run(folder, when, fold=None, logloss=0.5, ckpt="checkpoints/best.ckpt", overrides=()):
@@ -55,7 +55,7 @@ def test_latest_after_a_sweep_is_its_best_job_and_says_so(tmp_path, caplog):
     sweep = _sweep(out / "train-multirun" / "s")
     for job, (when, loss) in enumerate([(2000, 0.30), (2100, 0.20), (2200, 0.40)]):
         _run(sweep / str(job), when, logloss=loss, overrides=[f"model.optimizer.lr={job}"])
-    with caplog.at_level(logging.INFO, logger="catdog.selection"):
+    with caplog.at_level(logging.INFO, logger="catdog.runs.selection"):
         members = resolve_members("latest", out)
     assert members == [sweep / "1" / "checkpoints" / "best.ckpt"]  # not the last-written job 2
     assert f"ckpt=latest: {sweep} (sweep" in caplog.text

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from catdog.checkpoints import load_classifier, read_checkpoint
+from catdog.builders import build_datamodule, build_model, build_trainer
+from catdog.checkpoints import read_checkpoint
 from catdog.errors import ConfigError
+from catdog.inference import load_classifier
 from catdog.models.module import ClassifierModule
-from catdog.training import build_datamodule, build_model, build_trainer, train
+from catdog.training import train
 from tests.conftest import tiny_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

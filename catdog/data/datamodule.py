@@ -125,7 +125,7 @@ class ImageDataset(Dataset):
         self.paths = [str(p) for p in paths]
         self.labels = list(labels) if labels is not None else None
         self.transform = transform
-        self.on_bad_image = check_policy(on_bad_image)
+        self.on_bad_image = on_bad_image
         self.draft_size = draft_size
         self.cache = cache
         self.cache_rows = cache.rows(self.paths) if cache is not None else None
@@ -248,12 +248,6 @@ class CatDogDataModule(pl.LightningDataModule):
         pipeline: str = "workers",
     ):
         super().__init__()
-        check_data_config(
-            image_size=image_size, batch_size=batch_size, val_fraction=val_fraction, folds=folds, fold=fold,
-            on_bad_image=on_bad_image, verify=verify, eval_batch_size=eval_batch_size, cache=cache,
-            progressive=progressive, augment=augment, crop_pct=crop_pct, interpolation=interpolation,
-            pipeline=pipeline,
-        )  # fmt: skip
         self.save_hyperparameters(logger=False)
         self.root = Path(dir).expanduser()
         self.augment = dict(augment or {})

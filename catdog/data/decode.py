@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
-from catdog.data.datamodule import check_policy, make_loader
+from catdog.data.datamodule import make_loader
 from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image, open_regular_file
 from catdog.data.transforms import TTASquare, eval_resize_size, interpolation_mode
 from catdog.errors import BadImageError, ConfigError
@@ -379,7 +379,6 @@ class DecodedBatches:
         labels: Sequence[int] | None = None,
         prefetch: int = 2,
     ):
-        check_policy(on_bad_image, "on_bad_image")
         self.dataset = [os.fsdecode(os.fspath(p)) for p in paths]
         self.labels = list(labels) if labels is not None else None
         self.geometry, self.batch_size, self.device = geometry, int(batch_size), torch.device(device)
@@ -432,7 +431,7 @@ class DecodedImages(Dataset):
 
     def __init__(self, paths: Sequence[str | os.PathLike], geometry: EvalGeometry, on_bad_image: str = "error"):
         self.paths = [os.fsdecode(os.fspath(p)) for p in paths]
-        self.geometry, self.on_bad_image = geometry, check_policy(on_bad_image, "on_bad_image")
+        self.geometry, self.on_bad_image = geometry, on_bad_image
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -208,7 +208,14 @@ class ProgressiveTransform:
         return self.for_epoch(0)(image)
 
 
-def check_mixing(mixing: dict | None) -> dict:
+def complete_mixing(mixing: dict | None) -> dict:
+    """``model.mixing`` as ``{mixup_alpha, cutmix_alpha, prob}`` floats, the keys it leaves out at their off values
+    (its values checked by :func:`check_mixing`)."""
+    values = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, **(mixing or {})}
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in values.items()}
+
+
+def check_mixing(mixing: dict | None) -> None:
     """``model.mixing``: ``{mixup_alpha, cutmix_alpha, prob}``; alphas 0 turn each off."""
     values = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, **(mixing or {})}
     unknown = sorted(set(values) - {"mixup_alpha", "cutmix_alpha", "prob"})
@@ -221,13 +228,12 @@ def check_mixing(mixing: dict | None) -> dict:
     p = values["prob"]
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
         raise ConfigError(f"model.mixing.prob must be in [0, 1], got {p!r}")
-    return {k: float(v) for k, v in values.items()}
 
 
 def build_mixer(mixing: dict | None, num_classes: int):
     """Per-batch MixUp / CutMix from torchvision (one of them, chosen at random, when both are on), applied to a
     ``prob`` fraction of batches: ``mixer(images, labels) -> (images, soft labels (B, K))``; None when off."""
-    m = check_mixing(mixing)
+    m = complete_mixing(mixing)
     ops = []
     if m["mixup_alpha"] > 0:
         ops.append(v2.MixUp(alpha=m["mixup_alpha"], num_classes=num_classes))

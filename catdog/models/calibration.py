@@ -9,10 +9,13 @@ T on the images that fitted it is in-sample (optimistic); :func:`cross_fitted` g
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from catdog.checkpoints import CALIBRATION_KEY
 from catdog.metrics import log_loss
 
 #: Fitted temperatures are kept in this range (a degenerate fit, e.g. on perfectly separated data, stays finite).
@@ -112,3 +115,20 @@ def calibration_record(logp: torch.Tensor, targets: torch.Tensor) -> dict[str, f
         "images": len(targets),
         "errors": errors(logp, targets),
     }
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float | None) -> torch.Tensor:
+    """``softmax(log(probs) / T)`` in double precision (log-probabilities scale like logits)."""
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-300, 1.0)))
+    return calibrated_probs(logp, temperature)
+
+
+def checkpoint_temperature(ckpt: dict[str, Any]) -> float | None:
+    """The fitted temperature saved in a checkpoint, or None when it has none."""
+    record = ckpt.get(CALIBRATION_KEY)
+    return valid_temperature(record.get("temperature") if isinstance(record, dict) else None)
+
+
+def valid_temperature(t) -> float | None:
+    """``t`` as a temperature: a positive number, else None (none fitted)."""
+    return float(t) if isinstance(t, (int, float)) and t > 0 else None

@@ -12,11 +12,20 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from catdog.checkpoints import checkpoint_temperature, upgrade_state_dict
-from catdog.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_mixer, check_mixing, normalize, progressive_size
+from catdog.checkpoints import upgrade_state_dict
+from catdog.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_mixer,
+    check_mixing,
+    complete_mixing,
+    normalize,
+    progressive_size,
+)
 from catdog.distributed import check_replicas, gather_predictions, note_ddp_parameters, rewrap_ddp
 from catdog.errors import CatdogError, ConfigError
 from catdog.metrics import accuracy, log_loss
+from catdog.models.calibration import checkpoint_temperature
 from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import (
     build_scheduler,
@@ -24,11 +33,13 @@ from catdog.models.optim import (
     check_scheduler,
     compile_network,
     fused_on_cuda,
+    optimizer_factory,
     param_groups,
     plain,
+    scheduler_factory,
 )
 from catdog.models.tta import predict_views
-from catdog.resume import RUN_SETTINGS_KEY, check_schedule_length
+from catdog.runs.resume import RUN_SETTINGS_KEY, check_schedule_length
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +50,14 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 NO_STAGES = {"head_epochs": 0, "blocks": -1, "lr_factor": 1.0}
 
 
-def check_finetune(finetune: dict | None) -> dict:
+def complete_finetune(finetune: dict | None) -> dict:
     """``model.finetune`` completed with the neutral values of :data:`NO_STAGES` for keys it leaves out."""
-    finetune = {**NO_STAGES, **(plain(finetune) or {})}
+    return {**NO_STAGES, **(plain(finetune) or {})}
+
+
+def check_finetune(finetune: dict | None) -> None:
+    """``model.finetune``: known keys, ``head_epochs`` >= 0, ``blocks`` >= -1, ``lr_factor`` > 0."""
+    finetune = complete_finetune(finetune)
     unknown = sorted(set(finetune) - set(NO_STAGES))
     if unknown:
         raise ConfigError(f"model.finetune has unknown key(s) {unknown}; known: {sorted(NO_STAGES)}")
@@ -52,7 +68,6 @@ def check_finetune(finetune: dict | None) -> dict:
         raise ConfigError(f"model.finetune.blocks must be an integer >= 0 (last stages) or -1 (all), got {blocks!r}")
     if not isinstance(factor, (int, float)) or factor <= 0:
         raise ConfigError(f"model.finetune.lr_factor must be a number > 0, got {factor!r}")
-    return finetune
 
 
 def check_training_args(
@@ -127,8 +142,8 @@ class ClassifierModule(pl.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        finetune = check_finetune(finetune)
-        mixing = check_mixing(plain(mixing))
+        finetune = complete_finetune(finetune)
+        mixing = complete_mixing(plain(mixing))
         if not isinstance(compile, bool):
             raise ConfigError(f"model.compile must be true or false, got {compile!r}")
         classes = list(plain(classes))
@@ -177,7 +192,7 @@ class ClassifierModule(pl.LightningModule):
         # True during the pass that re-estimates BatchNorm statistics for averaged weights (catdog.averaging): batches
         # are then not mixed.
         self.statistics_pass = False
-        # Saved in every checkpoint and checked on resume (catdog.resume): settings outside the model that the run
+        # Saved in every checkpoint and checked on resume (catdog.runs.resume): settings outside the model that the run
         # depends on (set by catdog.training), and the schedule's step counts (set by configure_optimizers).
         self.run_settings: dict = {}
         self._schedule: dict = {}
@@ -424,7 +439,7 @@ class ClassifierModule(pl.LightningModule):
         self.log("val/acc", accuracy(probs, targets), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        factory = check_optimizer(self.hparams.optimizer)
+        factory = optimizer_factory(self.hparams.optimizer)
         lr = float(factory.keywords["lr"])
         factor = float(self.hparams.finetune["lr_factor"])
         blocks = self._finetune_params()
@@ -438,11 +453,11 @@ class ClassifierModule(pl.LightningModule):
         for group in groups:  # each group's learning rate relative to the head's (SWA keeps it: catdog.averaging)
             group["lr_scale"] = group["lr"] / lr
         optimizer = factory(groups, **fused_on_cuda(factory, self.device))
-        scheduler = check_scheduler(self.hparams.scheduler, self.hparams.scheduler_interval)
+        scheduler = scheduler_factory(self.hparams.scheduler)
         if scheduler is None:
             return optimizer
         total, per_epoch = self._steps()
-        # A resumed run continues its checkpoint's schedule: the same number of steps (catdog.resume).
+        # A resumed run continues its checkpoint's schedule: the same number of steps (catdog.runs.resume).
         check_schedule_length(self._restored_settings, total, per_epoch)
         self._schedule = {"total_steps": total, "steps_per_epoch": per_epoch}
         head_epochs = int(self.hparams.finetune["head_epochs"])

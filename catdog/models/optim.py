@@ -84,11 +84,16 @@ def _check_arguments(factory: functools.partial, key: str, first: dict, hint: st
         raise ConfigError(f"{key}: {name} does not accept these settings ({exc}){hint}") from None
 
 
-def check_optimizer(cfg: Any) -> functools.partial:
-    """``model.optimizer`` -> a factory ``optimizer(param_groups)``."""
+def optimizer_factory(cfg: Any) -> functools.partial:
+    """``model.optimizer`` -> a factory ``optimizer(param_groups)`` (its values checked by :func:`check_optimizer`)."""
     if cfg is None:
         raise ConfigError("model.optimizer is not set: pick one with model/optimizer=sgd (or adamw, adam)")
-    factory = _factory(cfg, "model.optimizer")
+    return _factory(cfg, "model.optimizer")
+
+
+def check_optimizer(cfg: Any) -> None:
+    """``model.optimizer``: a known optimizer taking the given arguments, ``lr`` > 0, ``weight_decay`` >= 0."""
+    factory = optimizer_factory(cfg)
     hint = (
         ". To switch optimizers pick the group, model/optimizer=adamw (or sgd, adam), which brings that optimizer's "
         "own settings; remove one setting with ~model.optimizer.<name>"
@@ -100,16 +105,24 @@ def check_optimizer(cfg: Any) -> functools.partial:
     wd = factory.keywords.get("weight_decay", 0.0)
     if not isinstance(wd, (int, float)) or isinstance(wd, bool) or wd < 0:
         raise ConfigError(f"model.optimizer.weight_decay must be a number >= 0, got {wd!r}")
-    return factory
 
 
-def check_scheduler(cfg: Any, interval: str | None = None) -> functools.partial | None:
-    """``model.scheduler`` -> a factory ``scheduler(optimizer, ...)``, or None for a constant learning rate."""
-    if interval not in SCHEDULER_INTERVALS:
-        raise ConfigError(f"model.scheduler_interval must be one of {list(SCHEDULER_INTERVALS)}, got {interval!r}")
+def scheduler_factory(cfg: Any) -> functools.partial | None:
+    """``model.scheduler`` -> a factory ``scheduler(optimizer, ...)``, or None for a constant learning rate (its values
+    checked by :func:`check_scheduler`)."""
     if cfg is None or cfg in ("none", "null"):
         return None
-    factory = _factory(cfg, "model.scheduler")
+    return _factory(cfg, "model.scheduler")
+
+
+def check_scheduler(cfg: Any, interval: str | None = None) -> None:
+    """``model.scheduler`` and ``model.scheduler_interval``: a known schedule taking the given arguments (catdog's
+    own schedules: stepped per optimizer step, their step counts left to catdog)."""
+    if interval not in SCHEDULER_INTERVALS:
+        raise ConfigError(f"model.scheduler_interval must be one of {list(SCHEDULER_INTERVALS)}, got {interval!r}")
+    factory = scheduler_factory(cfg)
+    if factory is None:
+        return
     first: dict[str, Any] = {"optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)}
     if is_catdog_schedule(factory):
         given = sorted(set(CONTEXT_ARGS) & set(factory.keywords))
@@ -122,9 +135,8 @@ def check_scheduler(cfg: Any, interval: str | None = None) -> functools.partial 
         first.update({name: 1 for name in CONTEXT_ARGS})
         _check_arguments(factory, "model.scheduler", first)
         check_schedule_args(**factory.keywords)
-        return factory
+        return
     _check_arguments(factory, "model.scheduler", first)
-    return factory
 
 
 def param_groups(

@@ -16,6 +16,8 @@ import logging
 
 import torch
 
+from catdog.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,3 +71,29 @@ def resolve_precision(precision: str | int | None, accelerator: str = "auto") ->
 
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": None}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA GPU is available")
+    return torch.device(device)
+
+
+PRECISIONS = ("auto", "32", "bf16", "16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for prediction, or None for fp32.
+
+    ``auto`` follows :mod:`catdog.models.precision`: bf16 on GPUs and CPUs that compute in bf16 natively, fp16 on CUDA
+    GPUs that only emulate bf16, fp32 on other CPUs.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return AUTOCAST[auto_precision("cuda" if device.type == "cuda" else "cpu")]
+    return {"32": None, "16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -93,7 +93,6 @@ def make_views(x: torch.Tensor, tta: int, size: int | None = None) -> torch.Tens
 
     uint8 input becomes float in [0, 1] (what :func:`catdog.data.transforms.normalize` expects of float input).
     """
-    check_tta(tta)
     side = x.shape[-1]
     size = side if size is None else min(int(size), side)
     if x.shape[-2] != side:
@@ -117,6 +116,6 @@ def average_views(probs: torch.Tensor, num_views: int) -> torch.Tensor:
 def predict_views(forward, x: torch.Tensor, tta: int, temperature: float | None, image_size: int) -> torch.Tensor:
     """Class probabilities of ``x`` averaged over the plain pass and ``tta`` views (one batched ``forward`` of
     logits); each view's logits are divided by ``temperature`` first when it is given."""
-    views = make_views(x, check_tta(tta), image_size)
+    views = make_views(x, tta, image_size)
     probs = F.softmax(scale_logits(forward(views).float(), temperature), dim=1)
     return average_views(probs, tta + 1)

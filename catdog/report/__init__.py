@@ -11,19 +11,3 @@ opens from disk with no server and no network).
 ``python -m catdog.report FOLDER`` (re)builds the report of a run, k-fold or sweep folder. ``report/summary.json``
 holds the numbers behind the pictures.
 """
-
-from catdog.report.build import (
-    write_evaluation_report,
-    write_folder_report,
-    write_kfold_report,
-    write_run_report,
-    write_sweep_report,
-)
-
-__all__ = [
-    "write_evaluation_report",
-    "write_folder_report",
-    "write_kfold_report",
-    "write_run_report",
-    "write_sweep_report",
-]

@@ -13,14 +13,25 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from catdog.ensemble import MANIFEST_NAME, RESULT_NAME, read_oof
+from catdog.errors import DatasetError
 from catdog.fileio import atomic_open, atomic_write_text
 from catdog.report import figures as fg
+from catdog.runs.layout import (
+    MANIFEST_NAME,
+    OOF_NAME,
+    RECORD_DIR,
+    REPORT_DIR,
+    REPORT_HTML,
+    RESULT_NAME,
+    SUMMARY_MD,
+    SUMMARY_PNG,
+    SWEEP_RECORD,
+    read_oof,
+)
+from catdog.runs.sweep import sweep_rows
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
-REPORT_HTML = "report.html"
 #: Mistakes shown in the grid.
 MISTAKES = 16
 
@@ -135,7 +146,7 @@ def _json(v):
 
 # ----- run folders -------------------------------------------------------------------------------------------------
 def _folder_config(folder: Path) -> dict:
-    path = folder / ".hydra" / "config.yaml"
+    path = folder / RECORD_DIR / "config.yaml"
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
 
 
@@ -159,7 +170,7 @@ def _metrics_csv(folder: Path) -> Path | None:
 
 def _oof(folder: Path, root: Path | None):
     """``oof.csv``'s rows, probabilities, targets, classes, image names and their paths under ``root``."""
-    rows, probs, labels, classes = read_oof(folder / "oof.csv")
+    rows, probs, labels, classes = read_oof(folder / OOF_NAME)
     targets = np.array([classes.index(label) for label in labels], dtype=np.int64)
     names = [r[0] for r in rows]
     return rows, probs, targets, classes, names, [fg.image_path(root, n) for n in names]
@@ -243,7 +254,7 @@ _SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_cross_fitted": 3, "val/acc": 4}
 
 
 def sweep_points(rows: Sequence[tuple], metric: str = "val/logloss") -> dict[str, list[tuple[str, float]]]:
-    """``{override key: [(value, metric of the job), ...]}`` from :func:`catdog.sweep.sweep_rows` (jobs without a
+    """``{override key: [(value, metric of the job), ...]}`` from :func:`catdog.runs.sweep.sweep_rows` (jobs without a
     result left out)."""
     column = _SWEEP_COLUMNS.get(metric, 2)
     points: dict[str, list[tuple[str, float]]] = {}
@@ -260,14 +271,12 @@ def sweep_points(rows: Sequence[tuple], metric: str = "val/logloss") -> dict[str
 def write_sweep_report(sweep_dir: str | os.PathLike, metric: str = "val/logloss") -> Path | None:
     """``summary.png`` beside ``summary.md``: ``metric`` of every job against each override that varies (metrics
     other than val/logloss, val/logloss_cross_fitted and val/acc: val/logloss)."""
-    from catdog.sweep import sweep_rows
-
     sweep_dir = Path(sweep_dir)
     rows = sweep_rows(sweep_dir)
     if not rows:
         return None
     metric = metric if metric in _SWEEP_COLUMNS else "val/logloss"
-    path = sweep_dir / "summary.png"
+    path = sweep_dir / SUMMARY_PNG
     _write_png(path, fg.plot_metric_by_override(sweep_points(rows, metric), metric))
     return path
 
@@ -298,14 +307,12 @@ def write_folder_report(folder: str | os.PathLike, data_root: str | os.PathLike 
         return write_kfold_report(folder, data_root)
     if (folder / RESULT_NAME).is_file():
         return write_run_report(folder, data_root)
-    if (folder / "summary.md").is_file() or (folder / "multirun.yaml").is_file():
-        multirun = folder / "multirun.yaml"
+    if (folder / SUMMARY_MD).is_file() or (folder / SWEEP_RECORD).is_file():
+        multirun = folder / SWEEP_RECORD
         metric = OmegaConf.load(multirun).get("optimized_metric") if multirun.is_file() else None
         path = write_sweep_report(folder, metric or "val/logloss")
         if path is not None:
             return path
-    from catdog.errors import DatasetError
-
     raise DatasetError(
         f"{folder} holds no finished run, k-fold run or sweep (no {RESULT_NAME}, {MANIFEST_NAME} or summary.md)"
     )

@@ -1,4 +1,4 @@
-"""Shared entry-point behaviour: the run folder is held by one process (catdog.run_lock) before anything is written
+"""Shared entry-point behaviour: the run folder is held by one process (catdog.runs.lock) before anything is written
 there; catdog's own errors (and a missing mandatory key) end the program with a one-line message, not a traceback;
 console lines that come from how catdog drives Lightning, which a user cannot act on, are left out (real warnings
 stay)."""
@@ -15,10 +15,13 @@ from omegaconf.errors import MissingMandatoryValue
 
 from catdog.distributed import adopt_submitit_environment
 from catdog.errors import CatdogError
-from catdog.run_folder import save_config_record
-from catdog.run_lock import hold_folder
+from catdog.runs.layout import save_config_record
+from catdog.runs.lock import hold_folder
 
 log = logging.getLogger("catdog")
+
+#: The project's Hydra configs (conf/ beside the package, in a source checkout or an editable install).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _catdog_cause(exc: BaseException) -> CatdogError | None:

@@ -16,14 +16,20 @@ from pathlib import Path
 
 from omegaconf import ListConfig, OmegaConf
 
-from catdog.checkpoints import BEST_NAME
-from catdog.ensemble import MANIFEST_KIND, MANIFEST_NAME, RESULT_NAME
 from catdog.errors import CheckpointError
+from catdog.runs.layout import (
+    BEST_NAME,
+    CHECKPOINT_DIR,
+    FOLD_PREFIX,
+    MANIFEST_KIND,
+    MANIFEST_NAME,
+    RECORD_DIR,
+    RESULT_NAME,
+    SWEEP_RECORD,
+)
 
 log = logging.getLogger(__name__)
 
-#: Hydra writes this into every multirun's sweep folder.
-SWEEP_RECORD = "multirun.yaml"
 DEFAULT_METRIC = "val/logloss"
 
 
@@ -85,7 +91,7 @@ def best_sweep_job(sweep: Path) -> Path:
     if not scored:
         raise CheckpointError(f"ckpt={sweep} is a sweep folder with no finished job ({metric} not found in any)")
     score, job = min(scored, key=lambda r: r[0])
-    overrides = job / ".hydra" / "overrides.yaml"
+    overrides = job / RECORD_DIR / "overrides.yaml"
     what = " ".join(OmegaConf.load(overrides)) if overrides.is_file() else ""
     log.info("sweep %s: best job %s (%s) by %s %.4f of %d", sweep, job.name, what, metric, score, len(scored))
     return job
@@ -98,7 +104,7 @@ def run_checkpoint(run: Path) -> Path:
         name = json.loads(result.read_text()).get("best_checkpoint")
         if name and (run / name).is_file():
             return run / name
-    candidate = run / "checkpoints" / BEST_NAME
+    candidate = run / CHECKPOINT_DIR / BEST_NAME
     if candidate.is_file():
         return candidate
     raise CheckpointError(f"ckpt={run} is a folder without checkpoints/{BEST_NAME}")
@@ -120,7 +126,9 @@ def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
             raise CheckpointError(f"{path / MANIFEST_NAME} is not a catdog ensemble manifest")
         return [path / m["checkpoint"] for m in manifest["members"]]
     if path.is_dir():
-        if not (path / "checkpoints" / BEST_NAME).is_file() and list(path.glob(f"fold_*/checkpoints/{BEST_NAME}")):
+        if not (path / CHECKPOINT_DIR / BEST_NAME).is_file() and list(
+            path.glob(f"{FOLD_PREFIX}*/{CHECKPOINT_DIR}/{BEST_NAME}")
+        ):
             raise CheckpointError(
                 f"{path} is a k-fold run without {MANIFEST_NAME}: not every fold has finished. Finish it (run the "
                 f"same train command with hydra.run.dir={path}) or pass the fold checkpoints as a list"

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import read_checkpoint, upgrade_state_dict
 from catdog.errors import CheckpointError, ConfigError
+from catdog.fileio import atomic_write_text
 from catdog.models.optim import plain
-from catdog.run_folder import resume_command
+from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, fold_number
 
 # What a resumed run must share with its checkpoint: the network, and what the restored optimizer state, parameter
 # groups and learning-rate schedule were built from (a changed lr would be silently replaced by the restored one).
@@ -107,7 +111,7 @@ def checkpoint_run(checkpoint: str | os.PathLike) -> Path | None:
     any."""
     path = Path(checkpoint).resolve()
     run = path.parent.parent
-    return run if path.parent.name == "checkpoints" and (run / "split.csv").is_file() else None
+    return run if path.parent.name == CHECKPOINT_DIR and (run / SPLIT_NAME).is_file() else None
 
 
 def _assignments(text: str) -> dict[str, tuple[str, ...]]:
@@ -124,7 +128,7 @@ def check_same_split(resume: str, run: Path | None, out_dir: Path, split: str) -
     ``data.cache`` settings) do not count: the split itself is made over every listed file."""
     if run is None:
         return
-    before, now = _assignments((run / "split.csv").read_text()), _assignments(split)
+    before, now = _assignments((run / SPLIT_NAME).read_text()), _assignments(split)
     common = before.keys() & now.keys()
     if common and all(before[p] == now[p] for p in common):
         return
@@ -166,8 +170,9 @@ def load_init(model, path: str | os.PathLike, ckpt: dict) -> None:
 def _trained_on(run: Path) -> set[str]:
     """The images (paths relative to the data folder) that trained the checkpoints of ``run``: its split.csv's
     ``train`` rows, or for a k-fold fold every fold but its own."""
-    rows = _assignments((run / "split.csv").read_text())
-    fold = run.name[5:] if run.name.startswith("fold_") else None
+    rows = _assignments((run / SPLIT_NAME).read_text())
+    number = fold_number(run)
+    fold = None if number is None else str(number)
     return {
         path for path, (_, side, kind) in rows.items()
         if (side == "train" if kind == "split" else fold is None or side != fold)
@@ -190,3 +195,85 @@ def check_init_split(path: str | os.PathLike, validation: list[str]) -> None:
             "Use the split that checkpoint was trained on (the same seed, data.dir and data.val_fraction or "
             "data.folds / data.fold), or start from a checkpoint trained on other images"
         )
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job ([] outside Hydra)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def resume_command(run_dir: Path, overrides: list[str] | None = None, seed: int | None = None) -> str:
+    """The command that resumes the run in ``run_dir``: the same overrides, in the same folder, with the ``seed`` the
+    run used in place of a ``seed=`` override (``seed=null`` draws a new one)."""
+    keep = [o for o in (task_overrides() if overrides is None else overrides) if not o.startswith("hydra.run.dir=")]
+    if seed is not None:
+        keep = [f"seed={seed}" if o.startswith("seed=") else o for o in keep]
+    args = [*keep, f"hydra.run.dir={run_dir}"]
+    return " ".join(["python", "train.py", *(shlex.quote(a) for a in args)])
+
+
+def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """An explicit ``ckpt_path``, else this folder's own ``last.ckpt`` (a run restarted in its folder resumes)."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if cfg.model.get("init"):
+            raise ConfigError(
+                f"ckpt_path={path} resumes a run (its weights, optimizer and schedule) and model.init={cfg.model.init} "
+                "starts a new one from a checkpoint's weights: set one of them"
+            )
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={path}: no such checkpoint to resume from")
+        return str(path)
+    last = out_dir / CHECKPOINT_DIR / LAST_NAME
+    return str(last) if last.is_file() else None
+
+
+# Settings added to catdog after a k-fold run may have been started, with the value such runs used.
+_ADDED_LATER = {
+    "data.interpolation": "bilinear",
+    "data.pipeline": "workers",
+    "trainer.num_nodes": 1,
+    "trainer.strategy": "auto",
+    "trainer.sync_batchnorm": False,
+}
+
+
+# Settings that do not change what a fold computes: a k-fold run may be resumed with other values.
+_RESUME_FREE = {
+    "data": {"num_workers", "eval_batch_size", "verify", "cache", "cache_dir", "demo"},
+    "trainer": {"default_root_dir", "enable_progress_bar", "enable_model_summary", "log_every_n_steps"},
+}
+
+
+def check_kfold_settings(cfg: DictConfig, run_dir: Path, write: bool = True) -> None:
+    """A k-fold folder restarted to resume must hold the same experiment (data, model, trainer, seed); a new one
+    records it (``write``)."""
+
+    def group(name: str, resolve: bool = True) -> dict:
+        values = OmegaConf.to_container(cfg[name], resolve=resolve)
+        return {k: v for k, v in values.items() if k not in _RESUME_FREE.get(name, ())}
+
+    averaging = (cfg.get("callbacks") or {}).get("averaging")
+    settings = {
+        "data": group("data"),
+        "model": group("model"),
+        "trainer": group("trainer", False),
+        "averaging": OmegaConf.to_container(averaging, resolve=True) if averaging is not None else {},
+        "seed": cfg.seed,
+    }
+    settings = json.loads(json.dumps(settings, default=str))
+    path = run_dir / KFOLD_SETTINGS
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(
+            f"{group}.{k}" for group in settings if isinstance(settings[group], dict)
+            for k in set(settings[group]) | set(before.get(group, {}))
+            if settings[group].get(k) != before.get(group, {}).get(k, _ADDED_LATER.get(f"{group}.{k}"))
+        ) + (["seed"] if before.get("seed") != settings["seed"] else [])  # fmt: skip
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds a k-fold run of another configuration (differs in {', '.join(changed)}); "
+                "resume it with the same settings or use a new output folder"
+            )
+    elif write:
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")

@@ -37,15 +37,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-
 from catdog.distributed import secondary_rank
 from catdog.errors import CatdogError
 from catdog.fileio import OutputWriteError, link_new
+from catdog.runs.layout import LOCK_NAME
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".lock"
 # A lock file without a readable record is taken as being written (by a file system without hard links, where the
 # record follows the creation) for this long, then as stale.
 UNREADABLE_GRACE_S = 10.0
@@ -369,57 +367,3 @@ def _release_all() -> None:
         if held.pid == os.getpid():
             del _held[key]
             _release(held)
-
-
-class RunLogHandler(logging.FileHandler):
-    """Hydra's run log file (``train.log``, ``predict.log``): opened only once this process holds the folder's lock.
-    Records logged before that are written then; a process refused the folder (or that never takes its lock) writes
-    nothing there."""
-
-    MAX_HELD = 10_000
-
-    def __init__(self, filename, mode: str = "a", encoding=None, errors=None):
-        super().__init__(filename, mode, encoding, delay=True, errors=errors)
-        self._waiting: list[logging.LogRecord] | None = []
-        self._folder_key = _key(os.path.dirname(self.baseFilename))
-
-    def _open_if_owned(self) -> bool:
-        if self._waiting is None:
-            return True
-        if not (secondary_rank() or self._folder_key in _owned):
-            return False
-        waiting, self._waiting = self._waiting, None
-        for record in waiting:
-            super().emit(record)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._open_if_owned():
-            super().emit(record)
-        elif len(self._waiting) < self.MAX_HELD:
-            self._waiting.append(record)
-
-    def close(self) -> None:
-        self.acquire()
-        try:
-            if not self._open_if_owned():
-                self._waiting = []  # never this process's folder: its records are dropped
-            super().close()
-        finally:
-            self.release()
-
-
-class SweepFolderLock(Callback):
-    """Holds the lock of a multirun's sweep folder from before Hydra writes there (``multirun.yaml``) until the
-    sweep's summary is written (conf/hydra/default.yaml lists it before ``catdog.sweep.SweepSummary``: Hydra calls the
-    end hooks in reverse order). Each job holds its own folder's lock as well."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        try:
-            claim(config.hydra.sweep.dir)
-        except FolderInUseError as exc:
-            logging.getLogger("catdog").error("%s", exc)
-            sys.exit(2)  # Hydra turns an exception raised in a callback into a warning and goes on
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        release(config.hydra.sweep.dir)
