@@ -47,7 +47,6 @@ class EMAWeightAveraging(LightningEMA):
     constant ``decay`` from the first step). Validation, ``best.ckpt`` and predictions use the average."""
 
     def __init__(self, decay: float = 0.999, warmup_power: float | None = 0.75, **kwargs):
-        check_ema(decay, warmup_power)
         super().__init__(decay=decay, **kwargs)
         self.decay = float(decay)
         self.warmup_power = None if warmup_power is None else float(warmup_power)

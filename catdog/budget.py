@@ -236,9 +236,10 @@ def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None
     """With ``trainer.budget_minutes``: the plan of this run (a resumed run's own, from its checkpoint ``ckpt``;
     rank zero's, in the other processes of a distributed run; else measured now), applied to ``cfg``, ``trainer``
     and ``datamodule``. ``started``: when the run started (``time.time()``), counted against the budget."""
-    budget = check_budget(cfg)
+    budget = cfg.trainer.get("budget_minutes")  # checked by check_budget
     if budget is None:
         return None
+    budget = float(budget)
     plan = ((ckpt or {}).get(RUN_SETTINGS_KEY) or {}).get(PLAN_KEY)
     if plan is not None:
         log.info("resuming with the run's own plan: %s", describe(plan))

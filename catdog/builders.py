@@ -17,7 +17,6 @@ from catdog.loggers import build_loggers
 from catdog.models.networks import check_input_size
 from catdog.models.optim import plain
 from catdog.models.precision import resolve_precision, uses_cuda
-from catdog.models.stages import check_arch
 from catdog.models.weights import DEFAULT_PREPROCESSING, eval_preprocessing
 from catdog.runs.resume import load_init, read_init
 
@@ -34,7 +33,6 @@ def resolve_preprocessing(cfg: DictConfig) -> None:
     weights' own eval transforms (torchvision's ``weights.transforms()``: 384 px for EfficientNetV2-S, bicubic for
     EfficientNet-B0, ...), or torchvision's classic 224 px crop of a 256 px bilinear resize without weights."""
     d = cfg.data
-    check_arch(cfg.model.arch)
     missing = [k for k in ("image_size", "crop_pct", "interpolation") if d.get(k) is None]
     if not missing:
         return

@@ -1,4 +1,4 @@
-"""Run-folder records (split, out-of-fold predictions, results), k-fold assembly and ensemble membership.
+"""K-fold assembly and ensembling: finished folds combined into one ensemble, and members' predictions averaged.
 
 A k-fold run folder holds ``fold_<i>/`` sub-runs and, once every fold is done, ``oof.csv`` (every labelled image's
 out-of-fold prediction), ``scores.csv`` / ``scores.md`` (per-fold and overall accuracy and log loss) and

@@ -1,4 +1,4 @@
-"""Predicting with a model file written by ``python -m catdog.export``: ONNX (run by ONNX Runtime) or TorchScript.
+"""Predicting with a model file written by ``export.py``: ONNX (run by ONNX Runtime) or TorchScript.
 
 What an exported file holds, in both formats:
 
@@ -91,7 +91,7 @@ def exported_format(path: str | os.PathLike) -> str | None:
 def parse_metadata(text: str | bytes | None, path: Path) -> dict[str, Any]:
     if not text:
         raise CheckpointError(
-            f"{path} has no catdog metadata ({METADATA_KEY}): it was not written by python -m catdog.export"
+            f"{path} has no catdog metadata ({METADATA_KEY}): it was not written by export.py (python -m catdog.export)"
         )
     try:
         meta = json.loads(text)

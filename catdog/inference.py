@@ -16,7 +16,7 @@ from catdog.models.module import ClassifierModule
 def load_classifier(path: str | os.PathLike):
     """Rebuild the :class:`ClassifierModule` saved in ``path`` (no download: weights come from the checkpoint).
 
-    A model file written by ``python -m catdog.export`` (``.onnx``, TorchScript) gives an
+    A model file written by ``export.py`` (``.onnx``, TorchScript) gives an
     :class:`catdog.exported.ExportedClassifier`, which predicts the same way."""
     fmt = exported_format(path)
     if fmt is not None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.loggers import MLFlowLogger as _LightningMLFlowLogger
+from pytorch_lightning.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -90,6 +91,11 @@ def check_loggers(cfg: DictConfig) -> None:
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """The configured loggers, in the order of the config (the first is the Trainer's ``logger``)."""
     return [hydra.utils.instantiate(conf, _convert_="all") for conf in logger_configs(cfg).values()]
+
+
+class TensorBoardLogger(_LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger (``logger=tensorboard``), named here so that every logger target of
+    ``conf/logger/`` is one of catdog's."""
 
 
 class MLFlowLogger(_LightningMLFlowLogger):

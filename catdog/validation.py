@@ -28,7 +28,7 @@ from catdog.models.module import check_training_args
 from catdog.models.networks import check_blocks, check_network_args
 from catdog.models.optim import plain
 from catdog.models.precision import autocast_dtype, resolve_device
-from catdog.models.stages import fixed_input_size
+from catdog.models.stages import check_arch, fixed_input_size
 from catdog.models.tta import check_tta, check_view_set
 from catdog.models.weights import check_weights_available
 from catdog.runs.resume import check_init
@@ -48,6 +48,7 @@ def check_train_config(cfg: DictConfig) -> None:
         run_dir_given=hydra_cfg is None or any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra),
     )
     resolve_seed(cfg)
+    check_arch(cfg.model.arch)  # the preprocessing comes from the architecture's weights
     resolve_preprocessing(cfg)
     d, m, t = cfg.data, cfg.model, cfg.trainer
     check_data_config(

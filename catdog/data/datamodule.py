@@ -29,6 +29,7 @@ from catdog.data.layouts import LabelledImages, detect_layout
 from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
 from catdog.data.transforms import (
     ProgressiveTransform,
+    check_augment,
     check_progressive,
     eval_resize_size,
     eval_transform,
@@ -495,5 +496,6 @@ def check_data_config(
         raise ConfigError(f"data.cache must be true or false, got {cache!r}")
     check_pipeline(pipeline)
     check_progressive(progressive, image_size)
+    check_augment(augment)
     if augment is not None:
-        ProgressiveTransform(image_size, None, **augment)  # builds the train transform: bad settings fail here
+        ProgressiveTransform(image_size, None, **augment)  # builds the train transform: bad values fail here

@@ -88,7 +88,6 @@ def fast_decoding_available() -> bool:
 def resolve_decoder(decoder: str, key: str = "decoder") -> str:
     """``pil`` or ``fast`` for ``decoder``: ``auto`` is ``fast`` where torchvision's JPEG decoder works, ``pil``
     elsewhere; ``fast`` without it is a :class:`ConfigError`."""
-    check_decoder(decoder, key)
     if decoder == "pil":
         return "pil"
     if fast_decoding_available():

@@ -78,7 +78,6 @@ def pick_pipeline(requested: str, nbytes: int, device: torch.device) -> str:
     """``data.pipeline`` resolved for ``device``: ``auto`` is ``device`` when the stores fit (:data:`DEVICE_SHARE` of
     the device's free memory), else ``workers``. ``device`` on a GPU whose memory is too small keeps the stores in
     pinned host memory; on a CPU whose memory is too small it is refused."""
-    requested = check_pipeline(requested)
     if requested == "workers":
         return "workers"
     if fits(nbytes, device):

@@ -163,19 +163,17 @@ def _augment_parameters() -> dict[str, inspect.Parameter]:
     return {n: p for n, p in params.items() if n not in ("image_size", "interpolation")}
 
 
-def check_augment(augment: dict | None) -> dict:
+def check_augment(augment: dict | None) -> None:
     """``data.augment``: only :func:`train_transform`'s settings."""
-    augment = dict(augment or {})
     known = list(_augment_parameters())
-    unknown = sorted(set(augment) - set(known))
+    unknown = sorted(set(augment or {}) - set(known))
     if unknown:
         raise ConfigError(f"data.augment has unknown key(s) {unknown}; known: {known}")
-    return augment
 
 
 def augment_settings(augment: dict | None) -> dict:
-    """``data.augment`` checked and completed with :func:`train_transform`'s defaults (what both pipelines apply)."""
-    augment = check_augment(augment)
+    """``data.augment`` completed with :func:`train_transform`'s defaults (what both pipelines apply)."""
+    augment = dict(augment or {})
     defaults = {
         n: p.default
         for n, p in inspect.signature(train_transform).parameters.items()
@@ -189,8 +187,8 @@ class ProgressiveTransform:
 
     def __init__(self, image_size: int, progressive: dict | None, interpolation: str = "bilinear", **augment):
         self.image_size = image_size
-        self.progressive = check_progressive(progressive, image_size)
-        self.augment = check_augment(augment)
+        self.progressive = progressive
+        self.augment = augment
         self.interpolation = interpolation
         self._by_size: dict[int, v2.Compose] = {}
         self.for_epoch(0)  # validate the augmentation settings now

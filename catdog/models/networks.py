@@ -218,7 +218,6 @@ def build_network(
     architectures (ViT, MaxViT). ``width`` < 1 narrows every conv layer of a VGG (random init only), for tests and
     CPU demos.
     """
-    check_network_args(arch, head, width, weights, dropout)
     if num_classes < 2:
         raise ConfigError(f"the number of classes must be >= 2, got {num_classes}")
     fam = family(arch)

@@ -15,8 +15,8 @@ before writing anything there, and removes when it ends.
 - The lock is re-entrant within a process (the CLI and :func:`catdog.training.train` both take it for the same
   folder). Processes of rank > 0 of a distributed run (:func:`catdog.distributed.secondary_rank`) work
   in the folder that rank 0 holds and take no lock.
-- :class:`RunLogHandler`, Hydra's run log handler in catdog (``conf/hydra/job_logging/catdog.yaml``), opens
-  ``train.log`` / ``predict.log`` only once the process holds its folder, so a refused process leaves no line there.
+- :func:`owns` tells whether this process holds a folder: the run log (:mod:`catdog.cli.run_log`) opens
+  ``train.log`` / ``predict.log`` only then, so a refused process leaves no line there.
 """
 
 from __future__ import annotations
