@@ -7,7 +7,6 @@ out-of-fold prediction), ``scores.csv`` / ``scores.md`` (per-fold and overall ac
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -32,9 +31,11 @@ from catdog.runs.layout import (
     exact_number,
     fold_number,
     markdown_table,
+    read_json,
     read_oof,
     rel_path,
     short_number,
+    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
         raise DatasetError(f"{run_dir}: fold(s) {missing} have not finished; run the same command again to finish them")
     oof_rows, all_probs, all_scaled, all_labels, members, fold_rows, classes = [], [], [], [], [], [], None
     for d in done:
-        result = json.loads((d / RESULT_NAME).read_text())
+        result = read_json(d / RESULT_NAME)
         rows, probs, labels, fold_classes = read_oof(d / OOF_NAME)
         if classes is not None and fold_classes != classes:
             raise CheckpointError(f"{d} was trained on classes {fold_classes}, other folds on {classes}")
@@ -98,7 +99,7 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
     table = [[short_number(v, 1 if k == "wall_time_s" else 4) for k, v in zip(header, r)] for r in rows]
     atomic_write_text(run_dir / SCORES_MD, markdown_table(header, table) + SCORES_NOTE)
     manifest = {"kind": MANIFEST_KIND, "classes": classes, "members": members, "oof": overall}
-    atomic_write_text(run_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    write_json(run_dir / MANIFEST_NAME, manifest)
     best = min(fold_rows, key=lambda r: r["logloss"])
     log.info(
         "k-fold: OOF log loss %.4f%s, acc %.4f over %d images (best single fold %s: %.4f)",

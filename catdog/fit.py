@@ -4,7 +4,6 @@ written (``split.csv``, ``oof.csv``, ``result.json``, the report)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from catdog.runs.layout import (
     SWA_NAME,
     save_config_record,
     split_text,
+    write_json,
     write_oof,
 )
 from catdog.runs.resume import (
@@ -155,7 +155,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     )
     if not writer:
         return result
-    atomic_write_text(out_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    write_json(out_dir / RESULT_NAME, result)
     if model.last_validation is not None and cfg.get("report", True):
         safe_report("run", write_run_report, out_dir, datamodule.root, unfreeze_epoch(model.hparams.finetune))
     if best:

@@ -26,6 +26,7 @@ from catdog.runs.layout import (
     SUMMARY_MD,
     SUMMARY_PNG,
     SWEEP_RECORD,
+    read_json,
     read_oof,
 )
 from catdog.runs.sweep import sweep_rows
@@ -185,7 +186,7 @@ def write_run_report(
     root = _data_root(config, data_root)
     if unfreeze is None:
         unfreeze = unfreeze_epoch((config.get("model") or {}).get("finetune") or {})
-    result = json.loads((run_dir / RESULT_NAME).read_text())
+    result = read_json(run_dir / RESULT_NAME)
     temperature = (result.get("calibration") or {}).get("temperature")
     _, probs, targets, classes, names, paths = _oof(run_dir, root)
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
@@ -220,7 +221,7 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     run_dir = Path(run_dir)
     config = _folder_config(run_dir)
     root = _data_root(config, data_root)
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    manifest = read_json(run_dir / MANIFEST_NAME)
     rows, probs, targets, classes, names, paths = _oof(run_dir, root)
     # Each fold's rows scaled with the temperature fitted on the other folds (older runs: their own, in-sample).
     cross = all("temperature_cross_fitted" in m for m in manifest["members"])

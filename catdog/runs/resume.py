@@ -24,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import read_checkpoint, upgrade_state_dict
 from catdog.errors import CheckpointError, ConfigError
-from catdog.fileio import atomic_write_text
 from catdog.models.optim import plain
-from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, fold_number
+from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, fold_number, write_json
 
 # What a resumed run must share with its checkpoint: the network, and what the restored optimizer state, parameter
 # groups and learning-rate schedule were built from (a changed lr would be silently replaced by the restored one).
@@ -276,4 +275,4 @@ def check_kfold_settings(cfg: DictConfig, run_dir: Path, write: bool = True) -> 
                 "resume it with the same settings or use a new output folder"
             )
     elif write:
-        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+        write_json(path, settings)

@@ -26,6 +26,7 @@ from catdog.runs.layout import (
     RECORD_DIR,
     RESULT_NAME,
     SWEEP_RECORD,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ def find_latest(outputs: str | os.PathLike) -> Path:
 
 def _job_score(job: Path, metric: str) -> float | None:
     if (job / RESULT_NAME).is_file():
-        value = json.loads((job / RESULT_NAME).read_text()).get(metric)
+        value = read_json(job / RESULT_NAME).get(metric)
     elif (job / MANIFEST_NAME).is_file():
-        value = json.loads((job / MANIFEST_NAME).read_text()).get("oof", {}).get(metric.removeprefix("val/"))
+        value = read_json(job / MANIFEST_NAME).get("oof", {}).get(metric.removeprefix("val/"))
     else:
         return None
     return float(value) if isinstance(value, (int, float)) else None
@@ -121,7 +122,7 @@ def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
     if path.is_dir() and not (path / MANIFEST_NAME).is_file() and _is_sweep(path):
         path = best_sweep_job(path)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        manifest = json.loads((path / MANIFEST_NAME).read_text())
+        manifest = read_json(path / MANIFEST_NAME)
         if manifest.get("kind") != MANIFEST_KIND or not manifest.get("members"):
             raise CheckpointError(f"{path / MANIFEST_NAME} is not a catdog ensemble manifest")
         return [path / m["checkpoint"] for m in manifest["members"]]

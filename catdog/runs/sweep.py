@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from catdog.fileio import atomic_write_text
-from catdog.runs.layout import MANIFEST_NAME, RECORD_DIR, RESULT_NAME, SUMMARY_CSV, SUMMARY_MD, csv_text, markdown_table
+from catdog.runs.layout import (
+    MANIFEST_NAME,
+    RECORD_DIR,
+    RESULT_NAME,
+    SUMMARY_CSV,
+    SUMMARY_MD,
+    csv_text,
+    markdown_table,
+    read_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +42,7 @@ def sweep_rows(sweep_dir: Path) -> list[tuple]:
     for job, all_overrides in zip(jobs, job_overrides):
         overrides = " ".join(o for o in all_overrides if o not in common)
         if (job / RESULT_NAME).is_file():
-            r = json.loads((job / RESULT_NAME).read_text())
+            r = read_json(job / RESULT_NAME)
             rows.append(
                 (
                     job.name, overrides, r["val/logloss"], r.get("val/logloss_cross_fitted"), r["val/acc"], r["epochs"],
@@ -42,7 +50,7 @@ def sweep_rows(sweep_dir: Path) -> list[tuple]:
                 )
             )  # fmt: skip
         elif (job / MANIFEST_NAME).is_file():
-            oof = json.loads((job / MANIFEST_NAME).read_text())["oof"]
+            oof = read_json(job / MANIFEST_NAME)["oof"]
             row = (oof["logloss"], oof.get("logloss_cross_fitted"), oof["acc"], None, None)
             rows.append((job.name, overrides + " (k-fold OOF)", *row))
         else:
