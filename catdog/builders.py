@@ -81,7 +81,7 @@ def build_model(cfg: DictConfig, classes: list[str]):
 _described: set[str] = set()
 
 
-def _check_network(cfg: DictConfig, model) -> None:
+def check_network(cfg: DictConfig, model) -> None:
     """Print the stage list once per architecture; make sure the network takes the configured image sizes."""
     if model.net.arch not in _described:
         _described.add(model.net.arch)

@@ -15,7 +15,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import StochasticWeightAveraging
 
 from catdog.budget import PLAN_KEY, fit_to_budget
-from catdog.builders import _check_network, build_datamodule, build_model, build_trainer
+from catdog.builders import build_datamodule, build_model, build_trainer, check_network
 from catdog.checkpoints import read_checkpoint, save_calibration
 from catdog.distributed import is_writer
 from catdog.errors import ConfigError
@@ -76,7 +76,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split_text(datamodule)
     model = build_model(cfg, datamodule.classes)
-    _check_network(cfg, model)
+    check_network(cfg, model)
     trainer = build_trainer(cfg)
     resume = resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None

@@ -56,6 +56,7 @@ def check_train_config(cfg: DictConfig) -> None:
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
         progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
+        cache=d.get("cache", False),
     )  # fmt: skip
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
     check_blocks(m.arch, (m.get("finetune") or {}).get("blocks", -1), d.image_size)

@@ -156,19 +156,6 @@ def tiny_train_cfg(data_dir, out_dir, *extra):
     return compose_train([*TINY, f"data.dir={data_dir}", *extra], output_dir=out_dir)
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """One tiny model trained once for all prediction tests (tests/test_predict.py, tests/test_decode.py):
-    (checkpoint, data root)."""
-    # imported here: Lightning imported before pytest's log capture starts would log past it
-    from catdog.training import train
-
-    root = tmp_path_factory.mktemp("pred")
-    data = make_flat(root / "data", per_class=8, test=12)
-    train(tiny_train_cfg(data, root / "run"))
-    return root / "run" / "checkpoints" / "best.ckpt", data
-
-
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

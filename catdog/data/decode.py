@@ -53,7 +53,8 @@ from catdog.errors import BadImageError, ConfigError
 DECODERS = ("auto", "pil", "fast")
 # Largest difference from the PIL path on the CPU, in uint8 levels: (max over the pixels of an image, mean over them).
 # Rounding of the bilinear / bicubic resize only: on the 200x200 Kaggle JPEGs at most 1 level, 0.012 on average; a
-# 50x130 JPEG resized to 37 px differs by 1 level at 17 % of its pixels. tests/test_decode.py holds the path to it.
+# 50x130 JPEG resized to 37 px differs by 1 level at 17 % of its pixels. tests/unit/data/test_decode.py holds the path
+# to it.
 TOLERANCE = (2, 0.25)
 # Files larger than this are left to load_image, which refuses oversized images from their header unread.
 MAX_FILE_BYTES = 64 * 2**20

@@ -23,7 +23,7 @@ What differs from the ``workers`` pipeline, by design: images are stored squashe
 :mod:`catdog.data.device_store`), so crops of non-square images are resampled from a copy whose longer side has
 as many pixels as its shorter one; the policy's colour operations run after its geometric ones; the output is float
 in [0, 1], not quantized to uint8. The augmentation statistics (crop areas, aspect ratios, flip rate, operation
-frequencies) are torchvision's; ``tests/test_device_pipeline.py`` compares them with torchvision's own draws.
+frequencies) are torchvision's; ``tests/unit/data/test_device_augment.py`` compares them with torchvision's own draws.
 """
 
 from __future__ import annotations

@@ -53,12 +53,20 @@ class FolderInUseError(CatdogError):
     """Another live process holds the run folder's lock."""
 
 
+_stamps: set[str] = set()  # the names this process has given out
+
+
 def run_stamp() -> str:
     """The name of a new run or sweep folder: local time to the millisecond and six random hex digits, e.g.
-    ``2026-11-25_14-47-12-483_5e0c2a``. Names sort by start time; two processes started in the same millisecond (on
-    one host or several) get different names, and the lock refuses the one-in-16-million collision."""
-    now = datetime.now()
-    return f"{now:%Y-%m-%d_%H-%M-%S}-{now.microsecond // 1000:03d}_{secrets.token_hex(3)}"
+    ``2026-11-25_14-47-12-483_5e0c2a``. Names sort by start time; one process never gives out a name twice, two
+    processes started in the same millisecond (on one host or several) get different names, and the lock refuses the
+    one-in-16-million collision."""
+    while True:
+        now = datetime.now()
+        stamp = f"{now:%Y-%m-%d_%H-%M-%S}-{now.microsecond // 1000:03d}_{secrets.token_hex(3)}"
+        if stamp not in _stamps:
+            _stamps.add(stamp)
+            return stamp
 
 
 def _boot_id() -> str | None:

@@ -1,0 +1,38 @@
+"""catdog/cli/callbacks.py: a sweep folder in use stops the multirun before it writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from catdog.cli.callbacks import SweepFolderLock
+from catdog.runs.layout import LOCK_NAME
+from tests.unit.runs.test_lock import _lock_of, _snapshot
+
+
+@pytest.fixture
+def other_process():
+    """A live process of this host that is not this one (it holds locks written for it)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_sweep_folder_in_use_stops_the_multirun_before_it_writes(tmp_path, other_process):
+    sweep = tmp_path / "sweep"
+    _lock_of(sweep, other_process.pid)
+    before = _snapshot(sweep)
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with pytest.raises(SystemExit) as exit_info:
+        SweepFolderLock().on_multirun_start(cfg)
+    assert exit_info.value.code == 2 and _snapshot(sweep) == before
+    other_process.kill()
+    other_process.wait()
+    SweepFolderLock().on_multirun_start(cfg)  # its holder is gone: taken over
+    assert json.loads((sweep / LOCK_NAME).read_text())["pid"] == os.getpid()
+    SweepFolderLock().on_multirun_end(cfg)
+    assert not (sweep / LOCK_NAME).exists()

@@ -1,0 +1,140 @@
+"""catdog/data/datamodule.py: datasets and loaders with bad images, the epoch's transform, splits independent of
+which unreadable images were found, the device pipeline's batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from catdog.data.datamodule import CatDogDataModule, EpochShuffleSampler, ImageDataset, collate_skip_none
+from catdog.data.transforms import ProgressiveTransform
+from catdog.errors import BadImageError, ConfigError
+from catdog.runs.layout import split_text
+from catdog.runs.resume import check_same_split
+from tests.conftest import make_flat
+from tests.unit.data.test_images import add_bad_training_files, add_clutter
+
+
+def _datamodule(root, tmp_path, pipeline, image_size=32, **kw):
+    dm = CatDogDataModule(
+        dir=str(root), image_size=image_size, batch_size=4, num_workers=0, seed=3, pipeline=pipeline,
+        cache_dir=str(tmp_path / "cache"), **kw,
+    )  # fmt: skip
+    dm.setup("fit")
+    return dm
+
+
+def _batches(dm, loader):
+    for batch in loader:
+        yield dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
+
+
+def test_device_validation_batches_equal_the_workers_ones(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=8, test=0)
+    device = _datamodule(root, tmp_path, "device")
+    workers = _datamodule(root, tmp_path, "workers")
+    a = list(_batches(device, device.val_dataloader()))
+    b = list(_batches(workers, workers.val_dataloader()))
+    assert device.pipeline == "device" and workers.pipeline == "workers"
+    for (xa, ya, ia), (xb, yb, ib) in zip(a, b, strict=True):
+        assert xa.dtype == torch.uint8 and torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+
+
+def test_device_training_batches_repeat_exactly_and_follow_progressive_sizes(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=8, test=0)
+    progressive = {"start_size": 32, "epochs": 2, "multiple": 8}
+
+    def epoch_batches(epoch):
+        dm = _datamodule(root, tmp_path, "device", progressive=progressive, image_size=48)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return list(_batches(dm, loader))
+
+    first, again = epoch_batches(1), epoch_batches(1)  # a resumed run rebuilds the datamodule
+    assert [x.shape[-1] for x, _, _ in first] == [40] * len(first)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(first, again, strict=True))
+    x, y, _ = epoch_batches(2)[0]
+    assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
+
+
+@pytest.fixture
+def dirty_flat(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=8, test=0)
+    bad = add_bad_training_files(root / "train")
+    add_clutter(root / "train")
+    return root, bad
+
+
+def test_dataset_skip_returns_none_for_a_file_corrupted_after_setup(flat_data):
+    dm = CatDogDataModule(dir=str(flat_data), image_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    ds = dm.train_dataset()
+    victim = ds.paths[1]
+    Path(victim).write_bytes(b"<html>corrupted after setup</html>")
+    with pytest.warns(UserWarning, match="skipping unreadable image") as record:
+        assert ds[1] is None
+    assert victim in str(record[0].message)
+    x, label, index = ds[0]
+    assert x.shape == (3, 32, 32) and index == 0
+    batch = collate_skip_none([ds[0], None, ds[2], None])
+    assert batch[0].shape == (2, 3, 32, 32) and batch[2].tolist() == [0, 2]
+
+    strict = ImageDataset(ds.paths, ds.labels, ds.transform, on_bad_image="error")
+    with pytest.raises(BadImageError) as info:
+        strict[1]
+    assert info.value.path == victim
+
+
+def test_all_bad_batch_collates_to_an_empty_batch():
+    x, y, idx = collate_skip_none([None, None])
+    assert x.numel() == 0 and y.numel() == 0 and idx.numel() == 0
+
+
+def _assignments(datamodule) -> dict[str, str]:
+    return {line.split(",")[0]: line.split(",")[2] for line in split_text(datamodule).splitlines()[1:]}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("folds", [None, 3])
+def test_split_and_folds_do_not_depend_on_which_unreadable_images_were_found(dirty_flat, tmp_path, folds):
+    """The split is made over every listed file, so finding the unreadable ones (verify, cache) or not (verify=none)
+    moves no readable image to another side or fold, and a resume with other such settings keeps its split."""
+    root, bad = dirty_flat
+    found = {}
+    for name, extra in {"full": {}, "none": {"verify": "none"}, "cache": {"cache": True}}.items():
+        dm = CatDogDataModule(
+            dir=str(root), image_size=32, folds=folds, fold=0 if folds else None, seed=3, num_workers=0,
+            cache_dir=str(tmp_path / "cache"), **extra,
+        )  # fmt: skip
+        dm.setup("fit")
+        found[name] = (_assignments(dm), split_text(dm))
+    bad_names = {os.path.relpath(p, root) for p in bad}
+    readable = found["full"][0]
+    assert readable and not bad_names & set(readable)
+    assert found["cache"][0] == readable
+    assert {p: a for p, a in found["none"][0].items() if p not in bad_names} == readable
+    assert bad_names <= set(found["none"][0])  # verify=none lists them: they are only found while training
+    check_same_split("ckpt", _with_split(tmp_path / "run", found["none"][1]), tmp_path, found["full"][1])
+    moved = found["full"][1].replace(",0\n" if folds else ",val\n", ",1\n" if folds else ",train\n", 1)
+    with pytest.raises(ConfigError, match="split differs"):
+        check_same_split("ckpt", _with_split(tmp_path / "run", found["none"][1]), tmp_path, moved)
+
+
+def _with_split(run: Path, text: str) -> Path:
+    run.mkdir(exist_ok=True)
+    (run / "split.csv").write_text(text)
+    return run
+
+
+def test_dataset_picks_the_epochs_transform(tmp_path):
+    paths = [str(make_flat(tmp_path / "d", per_class=2, test=0) / "train" / "cat.0.jpg")]
+    t = ProgressiveTransform(64, {"start_size": 32, "epochs": 2})
+    ds = ImageDataset(paths, [0], t, seed=0)
+    sampler = EpochShuffleSampler(1, seed=0)
+    sampler.set_epoch(0)
+    assert ds[next(iter(sampler))][0].shape[-1] == 32
+    sampler.set_epoch(2)
+    assert ds[next(iter(sampler))][0].shape[-1] == 64
