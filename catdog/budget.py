@@ -1,8 +1,9 @@
 """A time budget for one training run (``trainer.budget_minutes``): the number of epochs fitted to the machine at hand.
 
-Before the schedule starts, :func:`measure` times a few real training steps (the run's own data pipeline, model,
-optimizer and precision, on a copy of the model, the global random state restored afterwards) at every image size
-that progressive resizing will use, and one pass over part of the validation set. :func:`plan_epochs` then picks the
+Before the schedule starts, :func:`measure` times a few real training steps at every image size that progressive
+resizing will use, each in a short fit of a copy of the model by a Trainer built like the run's (its data pipeline,
+optimizer and precision: the step Lightning will run), the global random state restored afterwards, and part of a
+validation pass. :func:`plan_epochs` then picks the
 largest number of epochs whose estimated wall time, with a validation pass per epoch, the final scoring and
 calibration and the time already spent since the run started, fits in the budget. Progressive resizing keeps its share
 of the run (``data.progressive.epochs`` scaled with the number of epochs), so the one-cycle schedule and the size
@@ -12,19 +13,23 @@ instead of measuring again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import os
+import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
+from catdog.builders import build_trainer
 from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
@@ -37,8 +42,8 @@ log = logging.getLogger(__name__)
 PLAN_KEY = "budget_plan"
 #: Where rank zero leaves its plan for the processes Lightning starts later (they inherit the environment).
 PLAN_ENV = "CATDOG_BUDGET_PLAN"
-WARMUP_STEPS = 2
-TIMED_STEPS = 4
+WARMUP_STEPS = 3
+TIMED_STEPS = 8
 VAL_BATCHES = 4
 #: Seconds a run spends after its last epoch besides one validation pass (calibration, result files, report).
 FINAL_OVERHEAD_S = 15.0
@@ -152,43 +157,77 @@ def _on_device(datamodule, batch, device: torch.device):
     return datamodule.on_after_batch_transfer(tuple(batch), 0)
 
 
-def measure(trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float, int]:
-    """(seconds per training step at each of ``sizes``, seconds of one validation pass, training steps per epoch),
-    measured on a copy of ``model`` with the run's loaders and precision on the trainer's device; the global random
-    state and the datamodule's ramp are restored."""
+class _BatchClock(pl.Callback):
+    """When each training batch starts, and when the epoch ends: the gaps are whole steps as Lightning runs them
+    (fetching and moving the batch, the datamodule's batch hooks, forward, backward, optimizer)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.marks = device, []
+
+    def _mark(self) -> None:
+        _sync(self.device)
+        self.marks.append(time.perf_counter())
+
+    def on_train_batch_start(self, *args) -> None:
+        self._mark()
+
+    def on_train_epoch_end(self, *args) -> None:
+        self._mark()
+
+
+def _step_seconds(marks: list[float], warmup: int) -> float:
+    """The median time per step after ``warmup`` steps (the first steps at a size allocate and pick kernels)."""
+    gaps = [b - a for a, b in zip(marks, marks[1:])][warmup:]
+    return statistics.median(gaps) if gaps else float("nan")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The probe fits' own console lines (Lightning's device summary, the stage log) left out."""
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning", "lightning.pytorch", "catdog.models")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float, int]:
+    """(seconds per training step at each of ``sizes``, seconds of one validation pass, training steps per epoch).
+    Each size is timed in a short fit of a copy of ``model`` by a Trainer built like the run's (its data pipeline,
+    optimizer and precision on one process of the run's device), so that the step is the one Lightning will run;
+    the global random state and the datamodule's sizes are restored."""
     device = trainer.strategy.root_device
     precision = str(trainer.precision)
     datamodule.trainer = trainer  # the loaders take the device, rank and epoch from it
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*self.log.*")  # the copy logs nowhere, on purpose
-        probe = copy.deepcopy(model).to(device)
-        probe.apply_stage(int(model.hparams.finetune["head_epochs"]))  # the stage most of the run trains in
-        probe.train()
-        optimizer = torch.optim.SGD([p for p in probe.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
-
-        def train_step(batch):
-            with _autocast(device, precision):
-                loss = probe.training_step(_on_device(datamodule, batch, device), 0)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step_s = {}
-        hp = datamodule.hparams
-        configured = hp.progressive
-        if configured:  # a ramp of one pixel per epoch passes through every size a ramp of any length can use
-            hp.progressive = {**configured, "epochs": max(1, hp.image_size - configured["start_size"])}
+    steps_per_epoch = len(datamodule.train_dataloader())
+    hp = datamodule.hparams
+    configured = (hp.image_size, hp.progressive)
+    step_s = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _quiet():
         try:
-            loader = datamodule.train_dataloader()
-            steps_per_epoch = len(loader)
             for size in sizes:
-                loader.sampler.set_epoch(
-                    next(e for e in range(10_000) if progressive_size(e, hp.image_size, hp.progressive) == size)
-                )
-                step_s[size] = _timed(loader, train_step, device, WARMUP_STEPS, TIMED_STEPS)
+                hp.image_size, hp.progressive = size, None
+                clock = _BatchClock(device)
+                probe_trainer = build_trainer(
+                    cfg, callbacks=[clock], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, max_epochs=1, limit_train_batches=WARMUP_STEPS + TIMED_STEPS,
+                    limit_val_batches=0, num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto",
+                )  # fmt: skip
+                probe = copy.deepcopy(model)
+                probe.run_settings = {}
+                probe_trainer.fit(probe, datamodule=datamodule)
+                step_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)
+                del probe, probe_trainer
         finally:
-            hp.progressive = configured
-        probe.eval()
+            hp.image_size, hp.progressive = configured
+            datamodule.trainer = trainer
+        probe = copy.deepcopy(model).to(device).eval()
         val_loader = datamodule.val_dataloader()
 
         @torch.no_grad()
@@ -254,7 +293,7 @@ def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None
     else:
         hp = datamodule.hparams
         sizes = candidate_sizes(hp.image_size, hp.progressive)
-        step_s, val_s, steps_per_epoch = measure(trainer, model, datamodule, sizes)
+        step_s, val_s, steps_per_epoch = measure(cfg, trainer, model, datamodule, sizes)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the measured copy of the model is gone
         if not all(math.isfinite(v) for v in step_s.values()):

@@ -20,7 +20,7 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
     data = make_flat(tmp_path / "data", per_class=8, test=0)
     measured = []
 
-    def fake_measure(trainer, model, datamodule, sizes):
+    def fake_measure(cfg, trainer, model, datamodule, sizes):
         measured.append(sizes)
         # a real batch went through: the device and the sizes are the run's
         assert trainer.strategy.root_device == torch.device("cpu")
@@ -65,7 +65,11 @@ def test_measure_times_real_steps_at_each_size_and_leaves_the_run_untouched(tmp_
     trainer = build_trainer(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    step_s, val_s, _ = budget.measure(trainer, model, datamodule, [32, 40, 48])
+    progressive = dict(datamodule.hparams.progressive)
+    step_s, val_s, steps = budget.measure(cfg, trainer, model, datamodule, [32, 40, 48])
     assert sorted(step_s) == [32, 40, 48] and all(0 < v < 10 for v in step_s.values()) and val_s > 0
+    assert steps == len(datamodule.train_dataloader())
+    assert datamodule.hparams.image_size == 48 and datamodule.hparams.progressive == progressive
+    assert datamodule.trainer is trainer
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
