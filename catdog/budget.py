@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -33,7 +33,6 @@ from catdog.builders import build_trainer
 from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
-from catdog.models.precision import AUTOCAST
 from catdog.runs.resume import RUN_SETTINGS_KEY
 
 log = logging.getLogger(__name__)
@@ -42,9 +41,12 @@ log = logging.getLogger(__name__)
 PLAN_KEY = "budget_plan"
 #: Where rank zero leaves its plan for the processes Lightning starts later (they inherit the environment).
 PLAN_ENV = "CATDOG_BUDGET_PLAN"
-WARMUP_STEPS = 3
-TIMED_STEPS = 8
-VAL_BATCHES = 4
+#: Steps run at each size before timing: the first ones at a size are slower than the steady state (allocations,
+#: kernel choice) by 10-20 % on a CPU even after a few.
+WARMUP_STEPS = 10
+TIMED_STEPS = 10
+VAL_WARMUP = 2
+VAL_BATCHES = 6
 #: Seconds a run spends after its last epoch besides one validation pass (calibration, result files, report).
 FINAL_OVERHEAD_S = 15.0
 #: Share of the budget planned for: the estimate's own error and the per-epoch bookkeeping come out of the rest.
@@ -122,62 +124,39 @@ def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: i
     }
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = AUTOCAST.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(batches, step: Callable, device: torch.device, warmup: int, timed: int) -> float:
-    """Seconds per call of ``step`` over ``timed`` batches after ``warmup`` (fewer when the loader runs out)."""
-    it = iter(batches)
-    start, done = None, 0
-    for i in range(warmup + timed):
-        batch = next(it, None)
-        if batch is None:
-            break
-        if i == warmup:
-            _sync(device)
-            start = time.perf_counter()
-        step(batch)
-        if i >= warmup:
-            done += 1
-    _sync(device)
-    return (time.perf_counter() - start) / done if start is not None and done else float("nan")
-
-
-def _on_device(datamodule, batch, device: torch.device):
-    """What Lightning does with a loader's batch before the step: the datamodule's batch hooks and the copy."""
-    batch = datamodule.on_before_batch_transfer(batch, 0)
-    batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch]
-    return datamodule.on_after_batch_transfer(tuple(batch), 0)
-
-
 class _BatchClock(pl.Callback):
-    """When each training batch starts, and when the epoch ends: the gaps are whole steps as Lightning runs them
-    (fetching and moving the batch, the datamodule's batch hooks, forward, backward, optimizer)."""
+    """When each training (validation) batch starts, and when the loop ends: the gaps are whole steps as Lightning
+    runs them (fetching and moving the batch, the datamodule's batch hooks, forward, backward, optimizer)."""
 
     def __init__(self, device: torch.device):
-        self.device, self.marks = device, []
+        self.device, self.marks, self.val_marks = device, [], []
 
-    def _mark(self) -> None:
+    def _mark(self, marks: list[float]) -> None:
         _sync(self.device)
-        self.marks.append(time.perf_counter())
+        marks.append(time.perf_counter())
 
     def on_train_batch_start(self, *args) -> None:
-        self._mark()
+        self._mark(self.marks)
 
     def on_train_epoch_end(self, *args) -> None:
-        self._mark()
+        self._mark(self.marks)
+
+    def on_validation_batch_start(self, *args) -> None:
+        self._mark(self.val_marks)
+
+    def on_validation_epoch_end(self, *args) -> None:
+        self._mark(self.val_marks)
 
 
 def _step_seconds(marks: list[float], warmup: int) -> float:
     """The median time per step after ``warmup`` steps (the first steps at a size allocate and pick kernels)."""
-    gaps = [b - a for a, b in zip(marks, marks[1:])][warmup:]
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    gaps = gaps[min(warmup, len(gaps) - 1) :]  # a loader shorter than the warm-up: its last step
     return statistics.median(gaps) if gaps else float("nan")
 
 
@@ -203,42 +182,35 @@ def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tu
     optimizer and precision on one process of the run's device), so that the step is the one Lightning will run;
     the global random state and the datamodule's sizes are restored."""
     device = trainer.strategy.root_device
-    precision = str(trainer.precision)
     datamodule.trainer = trainer  # the loaders take the device, rank and epoch from it
     steps_per_epoch = len(datamodule.train_dataloader())
+    val_batches = len(datamodule.val_dataloader())
     hp = datamodule.hparams
     configured = (hp.image_size, hp.progressive)
-    step_s = {}
+    step_s, val_s = {}, 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _quiet():
         try:
             for size in sizes:
+                validate = size == configured[0] and val_batches > 0  # validation runs at the configured size
                 hp.image_size, hp.progressive = size, None
                 clock = _BatchClock(device)
                 probe_trainer = build_trainer(
                     cfg, callbacks=[clock], logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, max_epochs=1, limit_train_batches=WARMUP_STEPS + TIMED_STEPS,
-                    limit_val_batches=0, num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto",
+                    limit_val_batches=min(val_batches, VAL_WARMUP + VAL_BATCHES) if validate else 0,
+                    num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto",
                 )  # fmt: skip
                 probe = copy.deepcopy(model)
                 probe.run_settings = {}
                 probe_trainer.fit(probe, datamodule=datamodule)
                 step_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)
+                if validate:
+                    per_batch = _step_seconds(clock.val_marks, min(VAL_WARMUP, val_batches - 1))
+                    val_s = per_batch * val_batches if math.isfinite(per_batch) else 0.0
                 del probe, probe_trainer
         finally:
             hp.image_size, hp.progressive = configured
             datamodule.trainer = trainer
-        probe = copy.deepcopy(model).to(device).eval()
-        val_loader = datamodule.val_dataloader()
-
-        @torch.no_grad()
-        def val_step(batch):
-            x = _on_device(datamodule, batch, device)[0]
-            with _autocast(device, precision):
-                probe(x)
-
-        batches = len(val_loader)
-        per_batch = _timed(val_loader, val_step, device, min(1, batches - 1), VAL_BATCHES) if batches else 0.0
-        val_s = per_batch * batches if math.isfinite(per_batch) else 0.0
     return step_s, val_s, steps_per_epoch
 
 
