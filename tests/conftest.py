@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -103,15 +107,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _script(script: str, args) -> tuple[list[str], dict[str, str]]:
     """The command line of ``python <repo>/<script> args...`` and its environment (the project importable)."""
-    import sys
-
     return [sys.executable, str(ROOT / script), *args], {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run_script(script: str, args, cwd, timeout: int = 600):
     """Run ``python <repo>/<script> args...`` in ``cwd`` (the project importable), capturing its output."""
-    import subprocess
-
     command, env = _script(script, args)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -119,8 +119,6 @@ def run_script(script: str, args, cwd, timeout: int = 600):
 def start_script(script: str, args, cwd):
     """Start ``python <repo>/<script> args...`` in ``cwd`` without waiting: a Popen whose ``communicate()`` returns
     its output."""
-    import subprocess
-
     command, env = _script(script, args)
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -159,3 +157,42 @@ def tiny_train_cfg(data_dir, out_dir, *extra):
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+#: Architectures of five torchvision families, their number of stages and the overrides that keep them small.
+FAMILIES = [
+    ("vgg16_bn", 5, ["model.width=0.0625"]),
+    ("resnet18", 4, []),
+    ("convnext_tiny", 4, []),
+    ("efficientnet_b0", 7, []),
+    ("vit_b_16", 12, []),
+]
+
+
+@pytest.fixture(scope="module")
+def vgg16_features_file(tmp_path_factory):
+    """A torchvision-format vgg16 state dict (conv layers only, to keep it small) as an offline user would have."""
+    path = tmp_path_factory.mktemp("w") / "vgg16-local.pth"
+    state = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def other_process():
+    """A live process of this host that is not this one (it holds locks written for it)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def dirty_flat(tmp_path):
+    """A flat Kaggle folder with unreadable training files (returned, sorted) and copy-tool clutter beside them."""
+    from tests.unit.data.test_images import add_bad_training_files, add_clutter  # test helpers import this module
+
+    root = make_flat(tmp_path / "data", per_class=8, test=0)
+    bad = add_bad_training_files(root / "train")
+    add_clutter(root / "train")
+    return root, bad

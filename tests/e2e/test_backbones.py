@@ -9,16 +9,9 @@ from catdog.errors import ConfigError
 from catdog.inference import load_classifier
 from catdog.models.module import ClassifierModule
 from catdog.training import train
-from tests.conftest import compose_predict, make_flat, tiny_train_cfg
+from tests.conftest import FAMILIES, compose_predict, make_flat, tiny_train_cfg
 
 # (arch, stages, extra overrides): the smallest member of each family at the smallest size it takes.
-FAMILIES = [
-    ("vgg16_bn", 5, ["model.width=0.0625"]),
-    ("resnet18", 4, []),
-    ("convnext_tiny", 4, []),
-    ("efficientnet_b0", 7, []),
-    ("vit_b_16", 12, []),
-]
 
 
 @pytest.mark.parametrize(("arch", "n_stages", "extra"), FAMILIES)

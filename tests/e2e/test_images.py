@@ -14,16 +14,8 @@ from torch.utils.data import DataLoader
 from catdog import builders, fit, training
 from catdog.data.datamodule import collate_skip_none
 from catdog.errors import BadImageError
-from tests.conftest import make_flat, tiny_train_cfg
-from tests.unit.data.test_images import _encoded, add_bad_training_files, add_clutter
-
-
-@pytest.fixture
-def dirty_flat(tmp_path):
-    root = make_flat(tmp_path / "data", per_class=8, test=0)
-    bad = add_bad_training_files(root / "train")
-    add_clutter(root / "train")
-    return root, bad
+from tests.conftest import tiny_train_cfg
+from tests.unit.data.test_images import _encoded
 
 
 def _capture_datamodule(monkeypatch) -> list:

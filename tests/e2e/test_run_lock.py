@@ -6,8 +6,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -19,15 +17,6 @@ from tests.conftest import TINY, make_flat, run_script, start_script, tiny_train
 from tests.unit.runs.test_lock import _lock_of, _snapshot
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{3}_[0-9a-f]{6}$")
-
-
-@pytest.fixture
-def other_process():
-    """A live process of this host that is not this one (it holds locks written for it)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def test_two_runs_started_together_get_their_own_complete_folders(tmp_path):

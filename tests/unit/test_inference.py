@@ -3,7 +3,6 @@ weights file is gone."""
 
 import pytest
 import torch
-import torchvision
 
 from catdog.errors import CheckpointError
 from catdog.inference import load_classifier
@@ -33,15 +32,6 @@ def test_checkpoints_of_the_first_vgg_layout_still_load(tmp_path):
     torch.testing.assert_close(load_classifier(tmp_path / "old.ckpt").predict_proba(x), expected)
     reloaded = ClassifierModule.load_from_checkpoint(tmp_path / "old.ckpt", map_location="cpu").eval()
     torch.testing.assert_close(reloaded.predict_proba(x), expected)
-
-
-@pytest.fixture(scope="module")
-def vgg16_features_file(tmp_path_factory):
-    """A torchvision-format vgg16 state dict (conv layers only, to keep it small) as an offline user would have."""
-    path = tmp_path_factory.mktemp("w") / "vgg16-local.pth"
-    state = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
-    torch.save(state, path)
-    return path
 
 
 def test_checkpoint_of_a_pretrained_model_reloads_offline(monkeypatch, tmp_path, vgg16_features_file):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -11,15 +9,6 @@ from omegaconf import OmegaConf
 from catdog.cli.callbacks import SweepFolderLock
 from catdog.runs.layout import LOCK_NAME
 from tests.unit.runs.test_lock import _lock_of, _snapshot
-
-
-@pytest.fixture
-def other_process():
-    """A live process of this host that is not this one (it holds locks written for it)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def test_sweep_folder_in_use_stops_the_multirun_before_it_writes(tmp_path, other_process):

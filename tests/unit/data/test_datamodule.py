@@ -15,7 +15,6 @@ from catdog.errors import BadImageError, ConfigError
 from catdog.runs.layout import split_text
 from catdog.runs.resume import check_same_split
 from tests.conftest import make_flat
-from tests.unit.data.test_images import add_bad_training_files, add_clutter
 
 
 def _datamodule(root, tmp_path, pipeline, image_size=32, **kw):
@@ -58,14 +57,6 @@ def test_device_training_batches_repeat_exactly_and_follow_progressive_sizes(tmp
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(first, again, strict=True))
     x, y, _ = epoch_batches(2)[0]
     assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
-
-
-@pytest.fixture
-def dirty_flat(tmp_path):
-    root = make_flat(tmp_path / "data", per_class=8, test=0)
-    bad = add_bad_training_files(root / "train")
-    add_clutter(root / "train")
-    return root, bad
 
 
 def test_dataset_skip_returns_none_for_a_file_corrupted_after_setup(flat_data):

@@ -13,16 +13,9 @@ from catdog.errors import ConfigError
 from catdog.models.module import ClassifierModule, NonFiniteLossError
 from catdog.models.networks import build_network
 from catdog.models.tta import make_views
-from tests.conftest import TINY, compose_train, tiny_train_cfg
+from tests.conftest import FAMILIES, TINY, compose_train, tiny_train_cfg
 
 # (arch, stages, extra overrides): the smallest member of each family at the smallest size it takes.
-FAMILIES = [
-    ("vgg16_bn", 5, ["model.width=0.0625"]),
-    ("resnet18", 4, []),
-    ("convnext_tiny", 4, []),
-    ("efficientnet_b0", 7, []),
-    ("vit_b_16", 12, []),
-]
 
 
 @pytest.mark.parametrize(("arch", "n_stages", "extra"), FAMILIES)

@@ -11,15 +11,9 @@ from torchvision.models import VGG16_BN_Weights
 from catdog.errors import CheckpointError, ConfigError, WeightsUnavailableError
 from catdog.models.networks import build_network, check_network_args
 from catdog.models.weights import cached_weights_path
+from tests.conftest import FAMILIES
 
 # (arch, stages, extra overrides): the smallest member of each family at the smallest size it takes.
-FAMILIES = [
-    ("vgg16_bn", 5, ["model.width=0.0625"]),
-    ("resnet18", 4, []),
-    ("convnext_tiny", 4, []),
-    ("efficientnet_b0", 7, []),
-    ("vit_b_16", 12, []),
-]
 
 
 def _build(arch: str, **kwargs):
@@ -52,13 +46,18 @@ def test_heads_end_in_n_outputs(head):
         assert (hidden == [8, 3]) if head == "small" else (hidden == [3])
 
 
-def test_offline_message_names_the_file_of_any_arch(monkeypatch, tmp_path):
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """A machine without internet: an empty hub cache under tmp_path, and torchvision's download failing as it does."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
 
     def offline(*args, **kwargs):
-        raise urllib.error.URLError("offline")
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+
+
+def test_offline_message_names_the_file_of_any_arch(offline_hub, tmp_path):
     with pytest.raises(WeightsUnavailableError) as err:
         build_network("convnext_tiny", weights="imagenet")
     msg = str(err.value)
@@ -85,15 +84,6 @@ def test_vit_weights_follow_the_image_size(monkeypatch):
     assert net.model.encoder.pos_embedding.shape == (1, 1 + 2 * 2, 768)
     torch.testing.assert_close(net.model.conv_proj.weight, state["conv_proj.weight"])
     assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
-
-
-@pytest.fixture(scope="module")
-def vgg16_features_file(tmp_path_factory):
-    """A torchvision-format vgg16 state dict (conv layers only, to keep it small) as an offline user would have."""
-    path = tmp_path_factory.mktemp("w") / "vgg16-local.pth"
-    state = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
-    torch.save(state, path)
-    return path
 
 
 def test_head_replaced_for_n_classes():
@@ -127,13 +117,7 @@ def test_missing_weights_file():
         build_network("vgg16", weights="/no/such.pth")
 
 
-def test_imagenet_offline_message_says_what_to_do(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+def test_imagenet_offline_message_says_what_to_do(offline_hub, tmp_path):
     with pytest.raises(WeightsUnavailableError) as err:
         build_network("vgg16_bn", weights="imagenet")
     msg = str(err.value)

@@ -26,15 +26,6 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
-@pytest.fixture
-def other_process():
-    """A live process of this host that is not this one (it holds locks written for it)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _lock_of(folder: Path, pid: int, **fields) -> Path:
     """Write ``folder``'s lock file as process ``pid`` of this host would (``fields`` replace its record's)."""
     folder.mkdir(parents=True, exist_ok=True)
