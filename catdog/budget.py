@@ -201,11 +201,10 @@ def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tu
                     num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto",
                 )  # fmt: skip
                 probe = copy.deepcopy(model)
-                probe.run_settings = {}
                 probe_trainer.fit(probe, datamodule=datamodule)
                 step_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)
                 if validate:
-                    per_batch = _step_seconds(clock.val_marks, min(VAL_WARMUP, val_batches - 1))
+                    per_batch = _step_seconds(clock.val_marks, VAL_WARMUP)
                     val_s = per_batch * val_batches if math.isfinite(per_batch) else 0.0
                 del probe, probe_trainer
         finally:

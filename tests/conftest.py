@@ -196,3 +196,11 @@ def dirty_flat(tmp_path):
     bad = add_bad_training_files(root / "train")
     add_clutter(root / "train")
     return root, bad
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask, whatever the test process was started with."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)

@@ -18,7 +18,6 @@ from catdog.models.stages import (
     FAMILIES,
     Family,
     Stage,
-    check_arch,
     family,
     family_of,
     find_stages,
@@ -139,7 +138,7 @@ def format_count(n: int) -> str:
 
 def check_network_args(arch: str, head: str = "small", width: float = 1.0, weights=None, dropout: float = 0.5) -> None:
     """Validate the network settings (config keys ``model.*``) without building anything."""
-    fam = family_of(check_arch(arch))
+    fam = family_of(arch)  # refuses an unknown architecture
     if head not in HEADS:
         raise ConfigError(f"model.head must be one of {list(HEADS)}, got {head!r}")
     if head == "vgg" and fam != "vgg":

@@ -3,7 +3,6 @@ what it is, files get the umask's mode, and an interrupted run says how to resum
 
 import csv
 import logging
-import os
 import signal
 import stat
 from pathlib import Path
@@ -168,13 +167,6 @@ def test_refused_rerun_leaves_the_folders_record_alone(tmp_path):
     )
     assert again.returncode == 2 and "already holds a finished run" in again.stderr + again.stdout
     assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
-
-
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
 
 
 def test_run_outputs_and_cache_are_readable_by_others_under_umask_022(tmp_path, umask_022):

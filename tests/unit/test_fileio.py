@@ -25,13 +25,6 @@ def test_text_write_disk_full_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
 def test_written_files_get_the_umask_mode_or_keep_their_own(tmp_path, umask_022):
     new = tmp_path / "submission.csv"
     atomic_write_text(new, "id,label\n")
