@@ -2,7 +2,8 @@
 
 A k-fold run folder holds ``fold_<i>/`` sub-runs and, once every fold is done, ``oof.csv`` (every labelled image's
 out-of-fold prediction), ``scores.csv`` / ``scores.md`` (per-fold and overall accuracy and log loss) and
-``manifest.json`` (the member checkpoints, which ``predict.py ckpt=RUN_FOLDER`` loads).
+``manifest.json`` (the member checkpoints, which ``predict.py ckpt=RUN_FOLDER`` loads) and ``label_issues.csv``
+(:mod:`catdog.label_issues`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import torch
 
 from catdog.errors import CheckpointError, ConfigError, DatasetError
 from catdog.fileio import atomic_write_text
+from catdog.label_issues import label_issues_text
 from catdog.metrics import scores
 from catdog.models.calibration import cross_fitted, temperature_scaled
 from catdog.runs.layout import (
     FOLD_PREFIX,
+    LABEL_ISSUES_NAME,
     MANIFEST_KIND,
     MANIFEST_NAME,
     OOF_NAME,
@@ -89,6 +92,8 @@ def finalize_ensemble(run_dir: str | os.PathLike, expected_folds: int | None = N
         raise DatasetError(f"{run_dir}: an image appears in more than one fold's validation set")
     header = ("path", "label", "fold", *(f"p_{c}" for c in classes))
     atomic_write_text(run_dir / OOF_NAME, csv_text(header, sorted(oof_rows)))
+    issues = label_issues_text(oof_rows, np.concatenate(all_probs), all_labels, classes)
+    atomic_write_text(run_dir / LABEL_ISSUES_NAME, issues)
     header = (
         "fold", "images", "acc", "logloss", "logloss_cross_fitted", "logloss_calibrated_in_sample", "temperature",
         "temperature_cross_fitted", "epochs", "wall_time_s",

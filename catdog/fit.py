@@ -17,16 +17,19 @@ from pytorch_lightning.callbacks import StochasticWeightAveraging
 from catdog.budget import PLAN_KEY, fit_to_budget
 from catdog.builders import build_datamodule, build_model, build_trainer, check_network
 from catdog.checkpoints import read_checkpoint, save_calibration
+from catdog.data.pseudo import pseudo_record, pseudo_text
 from catdog.distributed import is_writer
 from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.models.calibration import calibrated_probs, calibration_record
+from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions
 from catdog.report.build import safe_report, unfreeze_epoch, write_run_report
 from catdog.runs.history import continue_history
 from catdog.runs.layout import (
     CHECKPOINT_DIR,
     OOF_NAME,
+    PSEUDO_NAME,
     RESULT_NAME,
     SPLIT_NAME,
     SWA_NAME,
@@ -62,6 +65,18 @@ def score_checkpoint(cfg: DictConfig, model, datamodule, ckpt_path: str | None) 
     scorer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
 
 
+def data_record(cfg: DictConfig, datamodule) -> dict:
+    """What ``result.json`` says of the data beyond the split: the pseudo-labels used (``pseudo``, with the count per
+    class) and how many labelled images ``data.exclude`` left out (``excluded``)."""
+    record = {}
+    pseudo = pseudo_record(plain(cfg.data.get("pseudo")), datamodule.pseudo, datamodule.classes)
+    if pseudo is not None:
+        record["pseudo"] = pseudo
+    if datamodule.excluded:
+        record["excluded"] = len(datamodule.excluded)
+    return record
+
+
 def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path | None = None) -> dict:
     """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record.
     ``record``: the configuration to save as the folder's ``.hydra`` record once the run is accepted; ``resume_dir``:
@@ -90,6 +105,10 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     model.run_settings = {**run_settings(cfg), **({PLAN_KEY: plan} if plan else {})}
     if is_writer(cfg):  # the other processes of a distributed run compute the same things and write nothing
         atomic_write_text(out_dir / SPLIT_NAME, split)
+        if datamodule.pseudo is not None:
+            atomic_write_text(
+                out_dir / PSEUDO_NAME, pseudo_text(datamodule.pseudo, datamodule.root, datamodule.classes)
+            )
         continue_history(trainer, out_dir, source, ckpt)
         if record is not None:
             save_config_record(record, out_dir)
@@ -145,6 +164,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         {
             "epochs": int(trainer.current_epoch),
             "train_images": len(datamodule.train_set),
+            **data_record(cfg, datamodule),
             # trainer.fit alone (training and per-epoch validation; a resumed run: this session's part)
             "fit_time_s": round(fit_time, 1),
             **({"budget_plan": plan} if plan else {}),

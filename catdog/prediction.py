@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from catdog.blending import Blend, fit_oof_blend
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader
 from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
 from catdog.data.images import find_bad_images, format_bad_images
@@ -25,9 +26,9 @@ from catdog.metrics import accuracy, log_loss
 from catdog.models.precision import autocast_dtype, resolve_device
 from catdog.progress import Periodic
 from catdog.report.build import safe_report, write_evaluation_report
-from catdog.runs.layout import SPLIT_NAME, markdown_table, read_split
+from catdog.runs.layout import BLEND_NAME, SPLIT_NAME, markdown_table, read_split
 from catdog.runs.resume import checkpoint_run
-from catdog.runs.selection import resolve_members
+from catdog.runs.selection import resolve_members, resolve_runs
 from catdog.submission import clip_probs, submission_text, write_submission
 from catdog.validation import check_predict_config
 
@@ -147,7 +148,7 @@ def predict(cfg: DictConfig):
     else:
         output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
-    members = resolve_members(cfg.ckpt, cfg.paths.log_dir)
+    members, blend, blend_path = _choose_members(cfg, outputs["predictions"] if cfg.labelled else output)
     model = load_classifier(members[0])
     classes = model.classes
     log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
@@ -181,11 +182,12 @@ def predict(cfg: DictConfig):
                 raise CheckpointError(
                     f"ensemble members disagree on classes: {members[0]} has {classes}, {member} has {model.classes}"
                 )
-        temperature = model.temperature if calibrate else None
+        temperature = model.temperature if calibrate and blend is None else None
         temperatures.append(temperature)
         log.info(
             "%s: %s", member,
-            f"temperature {temperature:.3f} applied" if temperature else
+            f"temperature {temperature:.3f} applied" if temperature else "as predicted (the blend's T applies)"
+            if blend is not None else
             "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
         )  # fmt: skip
         probs = predict_member(model, temperature=temperature)
@@ -193,7 +195,11 @@ def predict(cfg: DictConfig):
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)
         del model
-    probs = clip_probs(combine(member_probs, mode), clip)
+    if blend is not None:
+        probs = clip_probs(blend.apply(_per_run(member_probs, blend, mode)), clip)
+        temperatures = [blend.temperature]
+    else:
+        probs = clip_probs(combine(member_probs, mode), clip)
     id_of = dict(zip(paths, ids))
     kept_ids = [id_of[p] for p in kept]
     if bad:
@@ -203,13 +209,49 @@ def predict(cfg: DictConfig):
     if labels is not None:
         label_of = dict(zip(paths, labels))
         targets = np.asarray([label_of[p] for p in kept])
-        return _report(
+        result = _report(
             probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members, kept, cfg.overwrite
         )
+        if blend is not None:
+            _write_blend(blend_path, blend, outputs["predictions"], tta, cfg.overwrite)
+        return result
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
+    if blend is not None:
+        _write_blend(blend_path, blend, path, tta, cfg.overwrite)
     return path
+
+
+def _choose_members(cfg: DictConfig, written: Path) -> tuple[list[Path], Blend | None, Path | None]:
+    """The checkpoints to predict with; with ``blend=oof`` also the blend fitted on the k-fold runs' out-of-fold rows
+    and where its ``blend.json`` goes (beside ``written``, the predictions)."""
+    if cfg.get("blend", "mean") != "oof":
+        return resolve_members(cfg.ckpt, cfg.paths.log_dir), None, None
+    blend = fit_oof_blend(resolve_runs(cfg.ckpt, cfg.paths.log_dir))
+    path = check_writable(written.with_name(BLEND_NAME), cfg.overwrite)
+    log.info(
+        "blend=oof: weights %s, T = %.3f, fitted on %d out-of-fold rows",
+        [round(w, 3) for w in blend.weights], blend.temperature, blend.record["blend"]["images"],
+    )  # fmt: skip
+    print(blend.table())
+    return [c for run in blend.runs for c in run.checkpoints], blend, path
+
+
+def _per_run(member_probs: list[np.ndarray], blend: Blend, mode: str) -> list[np.ndarray]:
+    """Each blended run's prediction: its fold models combined (``ensemble=prob|logit``)."""
+    out, start = [], 0
+    for run in blend.runs:
+        out.append(combine(member_probs[start : start + len(run.checkpoints)], mode))
+        start += len(run.checkpoints)
+    return out
+
+
+def _write_blend(path: Path, blend: Blend, predictions: Path, tta: int, overwrite: bool) -> None:
+    """``blend.json`` beside the predictions it made."""
+    record = {**blend.record, "predictions": str(predictions), "tta": tta}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n", overwrite=overwrite)
+    print(f"wrote {path}")
 
 
 def scored_in_sample(source, members) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catdog.errors import ConfigError
+from catdog.errors import ConfigError, DatasetError
 from catdog.fileio import atomic_write_text, check_writable
 
 #: Nine significant digits: every float32 probability reads back exactly (as float32), and p = 3e-7 stays 3e-07
@@ -77,3 +77,40 @@ def write_submission(
         raise ValueError("refusing to write non-finite probabilities")
     atomic_write_text(path, submission_text(ids, probs, classes), overwrite=overwrite)
     return path
+
+
+def read_submission(path: str | os.PathLike, classes: Sequence[str], key: str = "file") -> tuple[list[str], np.ndarray]:
+    """(ids, probabilities (N, K)) from a submission written by :func:`write_submission`: ``id,label`` with
+    P(``classes[1]``) for two classes, ``id,<class>...`` otherwise. Every error names ``key``, the file and the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{key}={path}: no such file")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    two = len(classes) == 2
+    expected = ["id", "label"] if two else ["id", *classes]
+    if header is None or [h.strip() for h in header] != expected:
+        raise DatasetError(
+            f"{key}={path} is not a submission for classes {list(classes)}: header {header}, expected "
+            f"{','.join(expected)}"
+        )
+    ids, probs = [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            values = [float(v) for v in row[1:]]
+        except ValueError:
+            values = []
+        if len(row) != len(expected) or not all(0.0 <= v <= 1.0 for v in values) or len(values) != len(row) - 1:
+            raise DatasetError(f"{key}={path}, line {line}: expected an id and probabilities in [0, 1], got {row}")
+        ids.append(row[0].strip())
+        probs.append([1.0 - values[0], values[0]] if two else values)
+    seen: set[str] = set()
+    dupes = [i for i in ids if i in seen or seen.add(i)]
+    if dupes:
+        raise DatasetError(f"{key}={path}: {len(dupes)} id(s) appear more than once, e.g. {', '.join(dupes[:3])}")
+    if not ids:
+        raise DatasetError(f"{key}={path} holds no predictions")
+    p = np.asarray(probs, dtype=np.float64).reshape(len(ids), len(classes))
+    return ids, p / p.sum(axis=1, keepdims=True).clip(min=1e-300)

@@ -15,15 +15,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from catdog.averaging import check_averaging
+from catdog.blending import check_blend
 from catdog.budget import check_budget
 from catdog.builders import resolve_preprocessing
 from catdog.data.datamodule import check_data_config, check_policy
 from catdog.data.decode import check_decoder
+from catdog.data.transforms import complete_mixing
 from catdog.distributed import check_distributed, shared_seed
 from catdog.ensemble import check_ensemble_mode
 from catdog.errors import ConfigError
 from catdog.exported import check_dependencies, check_export_args
 from catdog.loggers import check_loggers
+from catdog.lr_find import check_tune
 from catdog.models.module import check_training_args
 from catdog.models.networks import check_blocks, check_network_args
 from catdog.models.optim import plain
@@ -56,8 +59,9 @@ def check_train_config(cfg: DictConfig) -> None:
         on_bad_image=d.on_bad_image, verify=d.verify, eval_batch_size=d.get("eval_batch_size"),
         progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
-        cache=d.get("cache", False),
+        cache=d.get("cache", False), pseudo=plain(d.get("pseudo")), exclude=d.get("exclude"),
     )  # fmt: skip
+
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
     check_blocks(m.arch, (m.get("finetune") or {}).get("blocks", -1), d.image_size)
     if d.get("progressive") and fixed_input_size(m.arch):
@@ -68,8 +72,19 @@ def check_train_config(cfg: DictConfig) -> None:
     check_training_args(
         m.get("optimizer"), m.get("finetune"), m.get("scheduler"), m.get("scheduler_interval"), m.get("mixing")
     )
+    mixing = complete_mixing(plain(m.get("mixing")))
+    if (
+        (plain(d.get("pseudo")) or {}).get("soft")
+        and mixing["prob"] > 0
+        and max(mixing["mixup_alpha"], mixing["cutmix_alpha"]) > 0
+    ):
+        raise ConfigError(
+            "data.pseudo.soft=true cannot be combined with model.mixing (MixUp / CutMix take class indices): set "
+            "data.pseudo.soft=false or turn mixing off"
+        )
     check_averaging(cfg)
     check_loggers(cfg)
+    check_tune(cfg)
     check_budget(cfg)
     if m.get("init"):
         check_init(cfg)
@@ -87,6 +102,7 @@ def check_predict_config(cfg: DictConfig) -> None:
     clip_bounds(cfg.clip)
     check_policy(cfg.on_bad_image, "on_bad_image")
     check_ensemble_mode(cfg.get("ensemble", "prob"))
+    check_blend(cfg.get("blend", "mean"))
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))

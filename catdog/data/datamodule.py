@@ -24,8 +24,10 @@ from catdog.data.device_store import (
     store_side,
     train_store,
 )
+from catdog.data.exclude import check_exclude, excluded_paths, read_exclude
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
+from catdog.data.pseudo import PseudoLabels, check_pseudo, load_pseudo
 from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
 from catdog.data.transforms import (
     ProgressiveTransform,
@@ -247,6 +249,8 @@ class CatDogDataModule(pl.LightningDataModule):
         cache: bool = False,
         cache_dir: str | None = None,
         pipeline: str = "workers",
+        pseudo: dict | None = None,
+        exclude: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -259,6 +263,12 @@ class CatDogDataModule(pl.LightningDataModule):
         self.fold_assignment: list[int] | None = None
         self.all_labelled: LabelledImages | None = None
         self.bad_images: list[tuple[str, str]] = []
+        # data.pseudo: the pseudo-labelled images appended to train_set (None without), and with soft targets every
+        # training image's target (N, K) (None: train_set.labels are the targets)
+        self.pseudo: PseudoLabels | None = None
+        self.train_targets: torch.Tensor | None = None
+        # data.exclude: the labelled images left out (paths)
+        self.excluded: list[str] = []
         self.cache: DecodedCache | None = None
         # data.pipeline resolved for the training device (at the first loader), and its image stores
         self.pipeline: str | None = None
@@ -282,7 +292,10 @@ class CatDogDataModule(pl.LightningDataModule):
                 f"data.folds={hp.folds} needs one labelled folder, but {self.root} also has a validation folder; "
                 "k-fold splits train/ itself"
             )
-        bad = self._find_bad(train, val)
+        labelled = train.paths + (val.paths if val is not None else [])
+        pseudo = load_pseudo(hp.pseudo, self.root, self.classes, labelled)
+        drop = excluded_paths(read_exclude(hp.exclude), labelled, self.root, hp.exclude) if hp.exclude else set()
+        bad = self._find_bad(train, val, pseudo.paths if pseudo is not None else [])
         if hp.folds:
             assignment = kfold_assignments(train.labels, hp.folds, hp.seed, content_groups(train.paths))
             tr_idx, val_idx = fold_indices(assignment, hp.fold or 0)
@@ -291,23 +304,44 @@ class CatDogDataModule(pl.LightningDataModule):
         elif val is None:
             tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, content_groups(train.paths))
             train, val = train.subset(tr_idx), train.subset(val_idx)
-        train, val = self._without(train, bad), self._without(val, bad)
+        # The split and the folds are made before the exclusion: the other images keep their side or fold.
+        left_out = {**bad, **dict.fromkeys(drop, "data.exclude")}
+        train, val = self._without(train, left_out), self._without(val, left_out)
         if hp.folds:
-            keep = [i for i, p in enumerate(everything.paths) if p not in bad]
+            keep = [i for i, p in enumerate(everything.paths) if p not in left_out]
             self.all_labelled = everything.subset(keep)
             self.fold_assignment = [assignment[i] for i in keep]
-        self.train_set, self.val_set = train, val
+        self.excluded = sorted(drop)
         counts = {c: train.labels.count(i) for i, c in enumerate(self.classes)}
+        if pseudo is not None:
+            train = self._with_pseudo(train, pseudo.subset([i for i, p in enumerate(pseudo.paths) if p not in bad]))
+        self.train_set, self.val_set = train, val
         log.info(
-            "data: %s layout in %s; classes %s; %d train %s, %d validation; %d unreadable image(s) skipped",
+            "data: %s layout in %s; classes %s; %d train %s, %d validation; %d unreadable image(s) skipped%s",
             layout.layout, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
+            f"; {len(drop)} left out (data.exclude)" if drop else "",
         )  # fmt: skip
 
-    def _find_bad(self, train: LabelledImages, val: LabelledImages | None) -> dict[str, str]:
+    def _with_pseudo(self, train: LabelledImages, pseudo: PseudoLabels) -> LabelledImages:
+        """``train`` followed by the pseudo-labelled images (their predicted class as label); with soft targets,
+        :attr:`train_targets` holds every image's target distribution."""
+        self.pseudo = pseudo
+        hard = pseudo.hard()
+        log.info(
+            "data.pseudo: %d of %d test image(s) join training (%s), %s targets", len(hard), pseudo.candidates,
+            ", ".join(f"{c} {hard.count(i)}" for i, c in enumerate(self.classes)), "soft" if pseudo.soft else "hard",
+        )  # fmt: skip
+        if pseudo.soft:
+            own = torch.nn.functional.one_hot(torch.tensor(train.labels), len(self.classes)).float()
+            self.train_targets = torch.cat([own, torch.from_numpy(pseudo.targets).float()])
+        return LabelledImages(train.paths + pseudo.paths, train.labels + hard, train.classes, train.layout)
+
+    def _find_bad(self, train: LabelledImages, val: LabelledImages | None, extra: list[str]) -> dict[str, str]:
         """The unreadable labelled images (path -> reason): those the decoded-image cache could not decode (it is
         opened or built here, with ``cache``), else those the ``verify`` scan finds (none with ``verify=none``: they
-        are then skipped while training). They stop the run with ``on_bad_image=error``, else are listed once."""
-        paths = train.paths + (val.paths if val is not None else [])
+        are then skipped while training), among the labelled images and ``extra`` (pseudo-labelled ones). They stop
+        the run with ``on_bad_image=error``, else are listed once."""
+        paths = train.paths + (val.paths if val is not None else []) + list(extra)
         workers = max(2, self.num_workers)
         if self.hparams.cache or self.hparams.pipeline != "workers":
             cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
@@ -326,13 +360,16 @@ class CatDogDataModule(pl.LightningDataModule):
         self.bad_images = list(found)
         return dict(found)
 
-    def _without(self, images: LabelledImages, bad: dict[str, str]) -> LabelledImages:
-        """``images`` without the unreadable ones (``bad``)."""
-        keep = [i for i, p in enumerate(images.paths) if p not in bad]
+    def _without(self, images: LabelledImages, drop: dict) -> LabelledImages:
+        """``images`` without the unreadable or excluded ones (``drop``)."""
+        keep = [i for i, p in enumerate(images.paths) if p not in drop]
         if len(keep) == len(images.paths):
             return images
         if len({images.labels[i] for i in keep}) < 2:
-            raise DatasetError(f"after skipping unreadable images, fewer than two classes remain in {self.root}")
+            raise DatasetError(
+                f"after skipping unreadable and excluded (data.exclude) images, fewer than two classes remain in "
+                f"{self.root}"
+            )
         return images.subset(keep)
 
     # ----- loaders -------------------------------------------------------------------------------------------------
@@ -343,8 +380,12 @@ class CatDogDataModule(pl.LightningDataModule):
         hp = self.hparams
         transform = ProgressiveTransform(hp.image_size, hp.progressive, hp.interpolation, **self.augment)
         return ImageDataset(
-            self.train_set.paths, self.train_set.labels, transform, hp.on_bad_image, self._draft(), hp.seed, self.cache
+            self.train_set.paths, self.train_labels(), transform, hp.on_bad_image, self._draft(), hp.seed, self.cache
         )
+
+    def train_labels(self) -> list:
+        """Each training image's target: its class, or (soft pseudo-labels) a (K,) probability tensor."""
+        return list(self.train_targets) if self.train_targets is not None else self.train_set.labels
 
     def val_dataset(self) -> ImageDataset:
         hp = self.hparams
@@ -429,7 +470,7 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.resolve_pipeline() == "device":
-            dataset = IndexDataset(self.train_set.labels, train=True)
+            dataset = IndexDataset(self.train_labels(), train=True)
         else:
             dataset = self.train_dataset()
         rank, world = self._rank_world()
@@ -468,8 +509,12 @@ def check_data_config(
     crop_pct=0.875,
     interpolation="bilinear",
     pipeline="workers",
+    pseudo=None,
+    exclude=None,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
+    check_pseudo(pseudo)
+    check_exclude(exclude)
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:
         raise ConfigError(f"data.image_size must be an integer >= 32, got {image_size!r}")
     if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool):

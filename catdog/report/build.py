@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from catdog.errors import DatasetError
 from catdog.fileio import atomic_open, atomic_write_text
+from catdog.label_issues import rank_label_issues
 from catdog.report import figures as fg
 from catdog.runs.layout import (
     MANIFEST_NAME,
@@ -231,6 +232,9 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     temperature = np.array(per_row, dtype=np.float64) if all(t is not None for t in per_row) else None
     fitted = "fitted on the other folds" if cross else "each fold's own: in-sample"
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature, fitted=fitted)
+    issues = label_issue_items(probs, targets, classes, names, paths, rows)
+    pictures["label_issues.png"] = fg.plot_mistakes(issues)
+    numbers["label_issues"] = [{k: v for k, v in m.items() if k != "path"} for m in issues]
     curves = {}
     for member in manifest["members"]:
         metrics = _metrics_csv(run_dir / f"fold_{member['fold']}")
@@ -246,9 +250,28 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     oof = manifest["oof"]
     fold_rows.append(["oof", *(oof.get(k) for k in header[1:6]), None, None])
     numbers["folds"] = [dict(zip(header, r)) for r in fold_rows]
-    tables = [("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers)]
+    issue_rows = [(m["name"], m["fold"], m["true"], m["predicted"], m["p_true"], m["confident"]) for m in issues]
+    tables = [
+        ("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers),
+        ("Likely label issues (top of label_issues.csv)", ("image", "fold", "label", "predicted", "P(label)",
+                                                           "confident"), issue_rows),
+    ]  # fmt: skip
     return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"k-fold run {run_dir.name}", pictures, numbers,
                         tables)  # fmt: skip
+
+
+def label_issue_items(probs, targets, classes, names, paths, rows, n: int = MISTAKES) -> list[dict]:
+    """The ``n`` images whose out-of-fold prediction makes their label least likely (as ``label_issues.csv`` ranks
+    them), for :func:`catdog.report.figures.plot_mistakes`."""
+    order, confident = rank_label_issues(probs, targets)
+    return [
+        {
+            "name": str(names[i]), "path": str(paths[i]), "fold": rows[i][2], "true": classes[targets[i]],
+            "predicted": classes[int(np.argmax(probs[i]))], "p_true": float(probs[i, targets[i]]),
+            "confident": bool(confident[i]),
+        }
+        for i in order[:n]
+    ]  # fmt: skip
 
 
 _SWEEP_COLUMNS = {"val/logloss": 2, "val/logloss_cross_fitted": 3, "val/acc": 4}

@@ -283,3 +283,24 @@ def _number(value: str) -> float | None:
 
 def image_path(root: str | os.PathLike | None, rel: str) -> Path:
     return Path(rel) if root is None or os.path.isabs(rel) else Path(root) / rel
+
+
+def plot_lr_find(
+    lrs: Sequence[float], losses: Sequence[float], raw: Sequence[float], suggestion: float | None
+) -> bytes:
+    """The learning-rate range test: training loss (smoothed, and as measured) against the learning rate (log
+    scale), the suggestion marked."""
+    fig = _figure(6.5, 4)
+    ax = fig.subplots()
+    ax.plot(lrs, raw, color="lightgrey", linewidth=1, label="loss per step")
+    ax.plot(lrs, losses, linewidth=1.5, label="smoothed")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle="--", linewidth=1, label=f"suggestion {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (model.optimizer.lr)")
+    ax.set_ylabel("training loss")
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 2.5 * finite[0]) * 1.05)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -9,11 +9,14 @@ A training run's folder (``paths.output_dir``)::
     csv/metrics.csv      the metric history, kept whole across resumes (catdog.runs.history)
     split.csv            path,label,split (train/val), or path,label,fold for k-fold
     oof.csv              the best checkpoint's predictions on its validation images
+    pseudo.csv           the pseudo-labelled images that joined training (data.pseudo), with their targets
+    lr_find.json, .png   tune=lr_find's range test (the run then trains nothing)
     result.json          the run's result (written last: a folder with it is finished)
     report.html, report/ the run's report (catdog.report)
 
 A k-fold run adds ``fold_<i>/`` (one run folder each), ``kfold.json`` (the settings a resume must keep), and once
-every fold is done ``oof.csv``, ``scores.csv`` / ``scores.md`` and ``manifest.json`` (the ensemble's members). A
+every fold is done ``oof.csv``, ``scores.csv`` / ``scores.md``, ``manifest.json`` (the ensemble's members) and
+``label_issues.csv`` (every image ranked by how unlikely its out-of-fold prediction makes its label). A
 multirun sweep folder holds Hydra's ``multirun.yaml``, one folder per job and ``summary.csv`` / ``summary.md`` /
 ``summary.png``.
 """
@@ -50,6 +53,12 @@ RESULT_NAME = "result.json"
 KFOLD_SETTINGS = "kfold.json"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_KIND = "catdog-ensemble"
+LABEL_ISSUES_NAME = "label_issues.csv"
+PSEUDO_NAME = "pseudo.csv"
+LR_FIND_JSON = "lr_find.json"
+LR_FIND_PNG = "lr_find.png"
+#: Written beside the submission by predict.py blend=oof.
+BLEND_NAME = "blend.json"
 SCORES_CSV = "scores.csv"
 SCORES_MD = "scores.md"
 REPORT_DIR = "report"
@@ -112,8 +121,8 @@ def csv_text(header: Sequence[str], rows) -> str:
 
 
 def split_text(datamodule) -> str:
-    """Which image was used for what, as ``split.csv`` holds it: ``path,label,split`` (train/val), or
-    ``path,label,fold`` for k-fold."""
+    """Which image was used for what, as ``split.csv`` holds it: ``path,label,split`` (train/val, and pseudo for
+    pseudo-labelled images with their predicted class), or ``path,label,fold`` for k-fold (labelled images only)."""
     root = Path(datamodule.root)
     classes = datamodule.classes
     if datamodule.fold_assignment is not None:
@@ -124,8 +133,9 @@ def split_text(datamodule) -> str:
         ]
         header = ("path", "label", "fold")
     else:
+        pseudo = set(datamodule.pseudo.paths) if datamodule.pseudo is not None else set()
         rows = [
-            (rel_path(p, root), classes[y], "train")
+            (rel_path(p, root), classes[y], "pseudo" if p in pseudo else "train")
             for p, y in zip(datamodule.train_set.paths, datamodule.train_set.labels)
         ]
         rows += [

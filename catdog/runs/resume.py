@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import read_checkpoint, upgrade_state_dict
+from catdog.data.pseudo import PSEUDO_DEFAULTS
 from catdog.errors import CheckpointError, ConfigError
 from catdog.models.optim import plain
 from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, fold_number, write_json
@@ -229,6 +230,8 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
 
 # Settings added to catdog after a k-fold run may have been started, with the value such runs used.
 _ADDED_LATER = {
+    "data.pseudo": PSEUDO_DEFAULTS,
+    "data.exclude": None,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",
     "trainer.num_nodes": 1,

@@ -111,6 +111,13 @@ def run_checkpoint(run: Path) -> Path:
     raise CheckpointError(f"ckpt={run} is a folder without checkpoints/{BEST_NAME}")
 
 
+def resolve_runs(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
+    """The run folders ``ckpt`` names, one per entry (``latest`` resolved), for ``blend=oof``, which blends whole
+    k-fold runs rather than their checkpoints."""
+    items = list(ckpt) if isinstance(ckpt, (list, tuple, ListConfig)) else [ckpt]
+    return [find_latest(outputs) if str(c) == "latest" else Path(str(c)).expanduser() for c in items]
+
+
 def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
     """Checkpoints to predict with, for any ``ckpt=`` value (see the module docstring)."""
     if isinstance(ckpt, (list, tuple, ListConfig)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_flat, tiny_train_cfg
+from tests.conftest import make_flat, make_image, tiny_train_cfg
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,24 @@ def trained(tmp_path_factory):
     data = make_flat(root / "data", per_class=8, test=12)
     train(tiny_train_cfg(data, root / "run"))
     return root / "run" / "checkpoints" / "best.ckpt", data
+
+
+#: Enough steps for the tiny model to learn the generated colours (red "cats", blue "dogs") in every fold.
+LEARNS = ["trainer.max_epochs=10", "model/optimizer=adam", "model.optimizer.lr=0.003"]
+#: The cat picture labelled dog in :func:`kfold_pair`'s images.
+FLIPPED = "train/dog.99.jpg"
+
+
+@pytest.fixture(scope="session")
+def kfold_pair(tmp_path_factory):
+    """Two 2-fold runs of a tiny model that learns, on the same images and folds (``data.seed=0``) with other
+    initializations (``seed=1``, ``seed=2``), where one cat picture is labelled dog (:data:`FLIPPED`):
+    (run 1, run 2, data root)."""
+    from catdog.training import train
+
+    root = tmp_path_factory.mktemp("kfold_pair")
+    data = make_flat(root / "data", per_class=16, test=10)
+    make_image(data / FLIPPED, 0, seed=4242)
+    for seed in (1, 2):
+        train(tiny_train_cfg(data, root / f"run{seed}", *LEARNS, "ensemble.size=2", f"seed={seed}", "data.seed=0"))
+    return root / "run1", root / "run2", data

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from catdog.data.transforms import ProgressiveTransform
 from catdog.errors import BadImageError, ConfigError
 from catdog.runs.layout import split_text
 from catdog.runs.resume import check_same_split
+from catdog.submission import write_submission
 from tests.conftest import make_flat
 
 
@@ -129,3 +131,59 @@ def test_dataset_picks_the_epochs_transform(tmp_path):
     assert ds[next(iter(sampler))][0].shape[-1] == 32
     sampler.set_epoch(2)
     assert ds[next(iter(sampler))][0].shape[-1] == 64
+
+
+def _pseudo_csv(root, tmp_path, p_dog):
+    """A submission of the test images of ``root`` (ids 1..n) with the given P(dog)."""
+    probs = np.stack([1 - np.asarray(p_dog), np.asarray(p_dog)], axis=1)
+    return write_submission(tmp_path / "teacher.csv", [str(i + 1) for i in range(len(p_dog))], probs, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("folds", [None, 2])
+def test_pseudo_labels_join_training_only_and_leave_the_split_as_it_was(tmp_path, folds):
+    root = make_flat(tmp_path / "data", per_class=6, test=4)
+    teacher = _pseudo_csv(root, tmp_path, [0.99, 0.6, 0.01, 0.97])
+    kwargs = {"dir": str(root), "image_size": 32, "folds": folds, "fold": 0 if folds else None, "num_workers": 0}
+    plain = CatDogDataModule(**kwargs)
+    plain.setup("fit")
+    dm = CatDogDataModule(**kwargs, pseudo={"labels": str(teacher), "threshold": 0.95})
+    dm.setup("fit")
+    pseudo = {str(root / "test" / n) for n in ("1.jpg", "3.jpg", "4.jpg")}
+    assert set(dm.train_set.paths) == set(plain.train_set.paths) | pseudo
+    assert dm.val_set.paths == plain.val_set.paths and not pseudo & set(dm.val_set.paths)
+    assert dm.fold_assignment == plain.fold_assignment
+    label = dict(zip(dm.train_set.paths, dm.train_set.labels))
+    assert [label[str(root / "test" / n)] for n in ("1.jpg", "3.jpg", "4.jpg")] == [1, 0, 1]
+    rows = split_text(dm)
+    assert ("test/1.jpg,dog,pseudo" in rows) == (folds is None) and ("test/1.jpg" in rows) == (folds is None)
+
+
+def test_soft_pseudo_targets_reach_the_batches(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=4, test=2)
+    teacher = _pseudo_csv(root, tmp_path, [0.96, 0.02])
+    dm = CatDogDataModule(
+        dir=str(root), image_size=32, num_workers=0, pseudo={"labels": str(teacher), "threshold": 0.95, "soft": True}
+    )
+    dm.setup("fit")
+    assert dm.train_targets.shape == (len(dm.train_set), 2)
+    targets = {p: t for p, t in zip(dm.train_set.paths, dm.train_targets.tolist())}
+    assert targets[str(root / "test" / "1.jpg")] == pytest.approx([0.04, 0.96])
+    assert all(targets[p] in ([1.0, 0.0], [0.0, 1.0]) for p in dm.train_set.paths if "/train/" in p)
+    x, y, _ = next(iter(dm.train_dataloader()))
+    assert y.dtype == torch.float32 and y.shape == (len(x), 2)
+
+
+def test_excluded_images_leave_both_sides_and_the_rest_keep_their_fold(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=6, test=0)
+    kwargs = {"dir": str(root), "image_size": 32, "folds": 3, "fold": 1, "num_workers": 0}
+    plain = CatDogDataModule(**kwargs)
+    plain.setup("fit")
+    drop = [plain.val_set.paths[0], plain.train_set.paths[0]]
+    listing = tmp_path / "drop.txt"
+    listing.write_text("\n".join(os.path.relpath(p, root) for p in drop) + "\n")
+    dm = CatDogDataModule(**kwargs, exclude=str(listing))
+    dm.setup("fit")
+    assert dm.train_set.paths == plain.train_set.paths[1:] and dm.val_set.paths == plain.val_set.paths[1:]
+    fold_of = dict(zip(plain.all_labelled.paths, plain.fold_assignment))
+    assert dict(zip(dm.all_labelled.paths, dm.fold_assignment)) == {p: f for p, f in fold_of.items() if p not in drop}
+    assert dm.excluded == sorted(drop)

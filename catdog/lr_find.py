@@ -1,0 +1,192 @@
+"""``train.py tune=lr_find``: a learning-rate range test (Smith 2015; fastai's ``lr_find``) for the stage that trains
+first, instead of training.
+
+The model, data and optimizer are built as the run would build them (one process; fold 0 of a k-fold run), without
+the schedule: for ``lr_find.steps`` steps the learning rate grows exponentially from ``min_lr`` to ``max_lr`` (every
+parameter group keeps its ratio to ``model.optimizer.lr``, so staged fine-tuning's ``lr_factor`` holds) and the
+training loss is recorded, smoothed, until it exceeds ``stop_factor`` times its minimum. Only the first stage trains
+(with ``model.finetune.head_epochs`` > 0: the head alone, for at most those epochs), the stage the range test is about;
+Lightning's own finder is not used because it breaks with staged fine-tuning callbacks and under DDP.
+
+Writes ``lr_find.json`` (the curve, the suggestion and the command line that uses it) and ``lr_find.png`` into the run
+folder; no checkpoint, no logger output, no ``result.json`` (so ``ckpt=latest`` never picks it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from catdog.builders import build_datamodule, build_model, build_trainer
+from catdog.distributed import externally_launched
+from catdog.errors import ConfigError
+from catdog.fileio import atomic_open
+from catdog.report.figures import plot_lr_find
+from catdog.runs.layout import LR_FIND_JSON, LR_FIND_PNG, write_json
+
+log = logging.getLogger(__name__)
+
+TUNE_MODES = (None, "lr_find")
+LR_FIND_DEFAULTS = {"min_lr": 1e-6, "max_lr": 1.0, "steps": 100, "stop_factor": 4.0}
+#: Exponential smoothing of the loss (fastai's and Lightning's 0.98).
+BETA = 0.98
+
+
+def check_tune(cfg: DictConfig) -> None:
+    """``tune`` and ``lr_find``'s keys."""
+    mode = cfg.get("tune")
+    if mode not in TUNE_MODES:
+        raise ConfigError(f"tune must be null or 'lr_find', got {mode!r}")
+    if mode == "lr_find" and externally_launched():
+        raise ConfigError(
+            "tune=lr_find runs on one process: start it with python train.py, not with torchrun or srun (the "
+            "suggested learning rate holds for the run's own batch size; scale it for more processes)"
+        )
+    settings = {**LR_FIND_DEFAULTS, **dict(cfg.get("lr_find") or {})}
+    unknown = sorted(set(settings) - set(LR_FIND_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"lr_find has unknown key(s) {unknown}; known: {sorted(LR_FIND_DEFAULTS)}")
+    lo, hi = settings["min_lr"], settings["max_lr"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (lo, hi)) or lo >= hi:
+        raise ConfigError(f"lr_find.min_lr and lr_find.max_lr must be numbers with 0 < min_lr < max_lr, got {lo}, {hi}")
+    steps = settings["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
+        raise ConfigError(f"lr_find.steps must be an integer >= 10, got {steps!r}")
+    factor = settings["stop_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise ConfigError(f"lr_find.stop_factor must be a number > 1, got {factor!r}")
+
+
+def lr_schedule(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
+    """The learning rate of each step: exponential from ``min_lr`` to ``max_lr``."""
+    return min_lr * (max_lr / min_lr) ** (np.arange(steps) / max(1, steps - 1))
+
+
+def smooth(losses: list[float], beta: float = BETA) -> list[float]:
+    """Bias-corrected exponential moving average (as fastai and Lightning smooth the range test)."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float | None:
+    """The learning rate where the smoothed loss falls fastest (per decade of lr) before its minimum, skipping the
+    first tenth of the curve (the average is still settling there); None when the curve is too short to tell."""
+    losses = np.asarray(losses, dtype=np.float64)
+    finite = np.isfinite(losses)
+    if finite.sum() < 10:
+        return None
+    end = int(np.nanargmin(np.where(finite, losses, np.nan))) + 1
+    start = max(1, len(losses) // 10)
+    if end - start < 3:
+        return None
+    slope = np.gradient(losses[start:end], np.log10(np.asarray(lrs[start:end])))
+    return float(lrs[start + int(np.argmin(slope))])
+
+
+class LRRangeTest(pl.Callback):
+    """Sets each step's learning rate (per group: ``lr * lr_scale``) and records the training loss; stops once the
+    smoothed loss passes ``stop_factor`` x its minimum or is no longer finite."""
+
+    def __init__(self, lrs: np.ndarray, stop_factor: float):
+        self.lrs, self.stop_factor = [float(v) for v in lrs], float(stop_factor)
+        self.raw: list[float] = []
+        self.smoothed: list[float] = []
+        self.diverged = False
+        self.stage = ""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.stage = pl_module.stage_summary()  # what the first epoch trains (the module has applied its stage)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = min(len(self.raw), len(self.lrs) - 1)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lrs[step] * group.get("lr_scale", 1.0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:  # a batch of unreadable images only
+            return
+        self.raw.append(float(loss))
+        self.smoothed = smooth(self.raw)
+        last = self.smoothed[-1]
+        if not math.isfinite(last) or last > self.stop_factor * min(self.smoothed):
+            self.diverged = trainer.should_stop = True
+        if len(self.raw) >= len(self.lrs):
+            trainer.should_stop = True
+
+
+def _command(suggestion: float) -> str:
+    """The train command of this run with the suggested learning rate (and without ``tune``)."""
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [
+        o for o in given if not o.split("=", 1)[0].lstrip("+~").startswith(("tune", "lr_find", "model.optimizer.lr"))
+    ]
+    return " ".join(["python train.py", *map(shlex.quote, kept), f"model.optimizer.lr={suggestion:.3g}"])
+
+
+def lr_find(cfg: DictConfig) -> dict:
+    """Run the range test described in the module docstring; returns the record written to ``lr_find.json``."""
+    settings = {**LR_FIND_DEFAULTS, **dict(cfg.get("lr_find") or {})}
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_cfg = copy.deepcopy(cfg)
+    with open_dict(run_cfg):
+        run_cfg.model.scheduler = None  # the test sets every step's learning rate itself
+        if run_cfg.data.folds and run_cfg.data.fold is None:
+            run_cfg.data.fold = 0
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(run_cfg)
+    datamodule.setup("fit")
+    model = build_model(run_cfg, datamodule.classes)
+    lrs = lr_schedule(settings["min_lr"], settings["max_lr"], settings["steps"])
+    probe = LRRangeTest(lrs, settings["stop_factor"])
+    # Epochs of the first stage only: the head's epochs with staged fine-tuning, else as many as the steps need.
+    head_epochs = int((run_cfg.model.get("finetune") or {}).get("head_epochs") or 0)
+    trainer = build_trainer(
+        run_cfg, callbacks=[probe], logger=False, devices=1, num_nodes=1, strategy="auto",
+        max_epochs=head_epochs if head_epochs > 0 else -1,
+        max_steps=settings["steps"], limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    steps = len(probe.raw)
+    if probe.diverged:
+        stopped = "the loss diverged"
+    elif steps < settings["steps"]:
+        stopped = "the first stage ended (model.finetune.head_epochs epochs hold fewer batches than lr_find.steps)"
+    else:
+        stopped = "all steps ran"
+    tested = [float(v) for v in lrs[:steps]]
+    suggestion = suggest(tested, probe.smoothed)
+    record = {
+        "stage": probe.stage, "steps_run": steps, "stopped": stopped, "lrs": tested, "losses": probe.smoothed,
+        "raw_losses": probe.raw, "suggestion": suggestion,
+        "min_loss_lr": tested[int(np.nanargmin(probe.smoothed))] if steps else None,
+        "configured_lr": float(cfg.model.optimizer.lr), **{k: settings[k] for k in LR_FIND_DEFAULTS},
+        "command": _command(suggestion) if suggestion is not None else None,
+    }  # fmt: skip
+    write_json(out_dir / LR_FIND_JSON, record)
+    with atomic_open(out_dir / LR_FIND_PNG, "wb") as f:
+        f.write(plot_lr_find(tested, probe.smoothed, probe.raw, suggestion))
+    log.info("lr_find: %d steps (%s) of %s; curve in %s", steps, stopped, probe.stage, out_dir / LR_FIND_PNG)
+    if suggestion is None:
+        print(f"lr_find: no suggestion ({steps} steps are too few to tell); see {out_dir / LR_FIND_PNG}")
+    else:
+        print(
+            f"lr_find: suggested model.optimizer.lr={suggestion:.3g} (steepest fall of the loss; configured "
+            f"{record['configured_lr']:.3g}; lowest loss at {record['min_loss_lr']:.3g}). To train with it:\n"
+            f"  {record['command']}"
+        )
+    return record
