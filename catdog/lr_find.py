@@ -8,7 +8,9 @@ training loss is recorded, smoothed, until it exceeds ``stop_factor`` times its 
 (with ``model.finetune.head_epochs`` > 0: the head alone, for at most those epochs), the stage the range test is about;
 Lightning's own finder is not used because it breaks with staged fine-tuning callbacks and under DDP.
 
-Writes ``lr_find.json`` (the curve, the suggestion and the command line that uses it) and ``lr_find.png`` into the run
+The suggestion is fastai's "valley" (a point half-way down the longest fall of the smoothed loss); the steepest fall
+and the lowest loss are recorded beside it. Writes ``lr_find.json`` (the curve, the suggestions and the command line
+that uses the first) and ``lr_find.png`` into the run
 folder; no checkpoint, no logger output, no ``result.json`` (so ``ckpt=latest`` never picks it).
 """
 
@@ -79,19 +81,47 @@ def smooth(losses: list[float], beta: float = BETA) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], losses: list[float]) -> float | None:
-    """The learning rate where the smoothed loss falls fastest (per decade of lr) before its minimum, skipping the
-    first tenth of the curve (the average is still settling there); None when the curve is too short to tell."""
+def valley(lrs: list[float], losses: list[float]) -> float | None:
+    """fastai's "valley" suggestion: the longest decreasing subsequence of the smoothed loss, and a point a half of
+    the way down it (robust to a noisy start and to a minimum that is only noise); None for fewer than 10 points."""
+    losses = [v if math.isfinite(v) else math.inf for v in losses]
+    n = len(losses)
+    if n < 10:
+        return None
+    longest = [1] * n
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[end] < longest[i]:
+            end, start = i, i - longest[i]
+    third = (end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
+
+
+def lowest(lrs: list[float], losses: list[float]) -> float | None:
+    """The learning rate of the lowest smoothed loss after the first tenth of the curve (fastai's ``minimum``, of
+    which it suggests a tenth)."""
+    skip = max(1, len(losses) // 10)
+    tail = np.asarray(losses[skip:], dtype=np.float64)
+    if not np.isfinite(tail).any():
+        return None
+    return float(lrs[skip + int(np.nanargmin(np.where(np.isfinite(tail), tail, np.nan)))])
+
+
+def steepest(lrs: list[float], losses: list[float]) -> float | None:
+    """Where the smoothed loss falls fastest per decade of learning rate before its lowest point (Lightning's
+    suggestion), skipping the first tenth of the curve, where the average is still settling; None if too short."""
     losses = np.asarray(losses, dtype=np.float64)
-    finite = np.isfinite(losses)
-    if finite.sum() < 10:
+    skip = max(1, len(losses) // 10)
+    if np.isfinite(losses).sum() < 10:
         return None
-    end = int(np.nanargmin(np.where(finite, losses, np.nan))) + 1
-    start = max(1, len(losses) // 10)
-    if end - start < 3:
+    end = skip + int(np.nanargmin(np.where(np.isfinite(losses[skip:]), losses[skip:], np.nan))) + 1
+    if end - skip < 3:
         return None
-    slope = np.gradient(losses[start:end], np.log10(np.asarray(lrs[start:end])))
-    return float(lrs[start + int(np.argmin(slope))])
+    slope = np.gradient(losses[skip:end], np.log10(np.asarray(lrs[skip:end])))
+    return float(lrs[skip + int(np.argmin(slope))])
 
 
 class LRRangeTest(pl.Callback):
@@ -125,6 +155,10 @@ class LRRangeTest(pl.Callback):
             self.diverged = trainer.should_stop = True
         if len(self.raw) >= len(self.lrs):
             trainer.should_stop = True
+
+
+def _lr(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _command(suggestion: float) -> str:
@@ -169,11 +203,12 @@ def lr_find(cfg: DictConfig) -> dict:
     else:
         stopped = "all steps ran"
     tested = [float(v) for v in lrs[:steps]]
-    suggestion = suggest(tested, probe.smoothed)
+    suggestion = valley(tested, probe.smoothed)
     record = {
         "stage": probe.stage, "steps_run": steps, "stopped": stopped, "lrs": tested, "losses": probe.smoothed,
         "raw_losses": probe.raw, "suggestion": suggestion,
-        "min_loss_lr": tested[int(np.nanargmin(probe.smoothed))] if steps else None,
+        "steepest": steepest(tested, probe.smoothed),
+        "min_loss_lr": lowest(tested, probe.smoothed),
         "configured_lr": float(cfg.model.optimizer.lr), **{k: settings[k] for k in LR_FIND_DEFAULTS},
         "command": _command(suggestion) if suggestion is not None else None,
     }  # fmt: skip
@@ -185,8 +220,9 @@ def lr_find(cfg: DictConfig) -> dict:
         print(f"lr_find: no suggestion ({steps} steps are too few to tell); see {out_dir / LR_FIND_PNG}")
     else:
         print(
-            f"lr_find: suggested model.optimizer.lr={suggestion:.3g} (steepest fall of the loss; configured "
-            f"{record['configured_lr']:.3g}; lowest loss at {record['min_loss_lr']:.3g}). To train with it:\n"
+            f"lr_find: suggested model.optimizer.lr={suggestion:.3g} (fastai's valley; steepest fall at "
+            f"{_lr(record['steepest'])}, lowest loss at {_lr(record['min_loss_lr'])}; configured "
+            f"{record['configured_lr']:.3g}). To train with it:\n"
             f"  {record['command']}"
         )
     return record

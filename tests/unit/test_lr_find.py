@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from catdog.errors import ConfigError
-from catdog.lr_find import check_tune, lr_schedule, smooth, suggest
+from catdog.lr_find import check_tune, lowest, lr_schedule, smooth, steepest, valley
 
 
 def test_schedule_runs_exponentially_from_min_to_max():
@@ -21,14 +21,31 @@ def test_smoothing_is_bias_corrected():
     assert smooth([1.0, 3.0])[1] == pytest.approx((0.98 * 0.02 * 1 + 0.02 * 3) / (1 - 0.98**2))
 
 
-def test_suggestion_is_where_the_loss_falls_fastest_before_its_minimum():
-    lrs = lr_schedule(1e-6, 10.0, 120)
+def _curve(n: int = 120):
+    """A range test's loss: flat, falling fastest at lr = 1e-3, lowest near 1e-1, then blowing up."""
+    lrs = lr_schedule(1e-6, 10.0, n)
     x = np.log10(lrs)
-    # falls fastest at lr = 1e-3, bottoms out near 1e-1, then blows up
-    losses = 1.0 - 0.8 / (1 + np.exp(-(x + 3) * 3)) + np.where(x > -1, (x + 1) ** 2 * 5, 0)
-    found = suggest(lrs.tolist(), losses.tolist())
-    assert 10**-3.3 < found < 10**-2.7
-    assert suggest(lrs[:8].tolist(), losses[:8].tolist()) is None
+    return lrs, 1.0 - 0.8 / (1 + np.exp(-(x + 3) * 3)) + np.where(x > -1, (x + 1) ** 2 * 5, 0)
+
+
+def test_steepest_is_where_the_loss_falls_fastest_before_its_minimum():
+    lrs, losses = _curve()
+    assert 10**-3.3 < steepest(lrs.tolist(), losses.tolist()) < 10**-2.7
+    noisy_start = losses.copy()
+    noisy_start[2] = 0.1  # a dip in the first tenth, where the average settles, is not the minimum
+    assert 10**-3.3 < steepest(lrs.tolist(), noisy_start.tolist()) < 10**-2.7
+    assert lowest(lrs.tolist(), noisy_start.tolist()) == lrs[int(np.argmin(losses))]
+    assert steepest(lrs[:8].tolist(), losses[:8].tolist()) is None
+
+
+def test_valley_lies_on_the_way_down_to_the_minimum():
+    lrs, losses = _curve()
+    found = valley(lrs.tolist(), losses.tolist())
+    lowest = lrs[int(np.argmin(losses))]
+    assert 1e-5 < found < lowest / 10
+    assert valley(lrs[:8].tolist(), losses[:8].tolist()) is None
+    rising = valley(lrs.tolist(), [0.5 + 0.01 * i for i in range(len(lrs))])
+    assert rising == lrs[0]  # nothing falls: the smallest learning rate
 
 
 @pytest.mark.parametrize(
