@@ -21,6 +21,8 @@ from catdog.errors import ConfigError, DatasetError
 def check_exclude(value) -> None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"data.exclude must be the path of a file listing images, or null; got {value!r}")
+    if value is not None and not Path(value).expanduser().is_file():
+        raise ConfigError(f"data.exclude={value}: no such file")
 
 
 def read_exclude(path: str | os.PathLike) -> list[str]:

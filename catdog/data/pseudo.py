@@ -40,6 +40,8 @@ def check_pseudo(pseudo) -> None:
     for key in ("labels", "images"):
         if p[key] is not None and not isinstance(p[key], str):
             raise ConfigError(f"data.pseudo.{key} must be a path or null, got {p[key]!r}")
+    if p["labels"] is not None and not Path(p["labels"]).expanduser().is_file():
+        raise ConfigError(f"data.pseudo.labels={p['labels']}: no such file (a submission CSV written by predict.py)")
     t = p["threshold"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
         raise ConfigError(f"data.pseudo.threshold must be a probability in (0, 1], got {t!r}")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from catdog.data.exclude import excluded_paths, read_exclude
-from catdog.errors import DatasetError
+from catdog.data.exclude import check_exclude, excluded_paths, read_exclude
+from catdog.errors import ConfigError, DatasetError
 
 
 def _paths(root: Path) -> list[str]:
@@ -46,3 +46,10 @@ def test_unknown_and_ambiguous_entries_are_errors_listing_them(tmp_path):
     empty.write_text("# nothing\n")
     with pytest.raises(DatasetError, match="lists no image"):
         read_exclude(empty)
+
+
+def test_check_exclude_refuses_a_missing_file_before_anything_is_read(tmp_path):
+    with pytest.raises(ConfigError, match=f"data.exclude={tmp_path / 'drop.txt'}: no such file"):
+        check_exclude(str(tmp_path / "drop.txt"))
+    with pytest.raises(ConfigError, match="must be the path of a file"):
+        check_exclude(["a.jpg"])

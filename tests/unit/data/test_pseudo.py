@@ -76,6 +76,7 @@ def test_ids_without_images_and_labelled_images_are_refused(tmp_path):
         ({"soft": "yes"}, "soft must be true or false"),
         ({"label": "x.csv"}, "unknown key"),
         ({"labels": 3}, "labels must be a path"),
+        ({"labels": "/nonexistent/teacher.csv"}, "labels=/nonexistent/teacher.csv: no such file"),
     ],
 )
 def test_check_pseudo_names_the_key(value, message):
