@@ -69,7 +69,8 @@ def test_kfold_report_and_per_fold_table(tmp_path):
     run = tmp_path / "kfold"
     train(tiny_train_cfg(data, run, "ensemble.size=2", "report=true"))
     numbers = assert_report(
-        run / "report.html", {"folds.png", "confusion.png", "mistakes.png", "reliability.png", "roc.png"}
+        run / "report.html",
+        {"folds.png", "confusion.png", "mistakes.png", "label_issues.png", "reliability.png", "roc.png"},
     )
     manifest = json.loads((run / "manifest.json").read_text())
     assert [r["fold"] for r in numbers["folds"]] == [0, 1, "oof"]
