@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from catdog.blending import Blend, fit_oof_blend
+from catdog.data.csv_data import read_csv_dataset, read_csv_images
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader
 from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
 from catdog.data.images import find_bad_images, format_bad_images
@@ -23,10 +25,11 @@ from catdog.errors import BadImageError, CheckpointError, ConfigError, DatasetEr
 from catdog.fileio import atomic_write_text, check_writable
 from catdog.inference import load_classifier
 from catdog.metrics import accuracy, log_loss
+from catdog.models.optim import plain
 from catdog.models.precision import autocast_dtype, resolve_device
 from catdog.progress import Periodic
 from catdog.report.build import safe_report, write_evaluation_report
-from catdog.runs.layout import BLEND_NAME, SPLIT_NAME, markdown_table, read_split
+from catdog.runs.layout import BLEND_NAME, SPLIT_NAME, is_split_file, markdown_table, read_split
 from catdog.runs.resume import checkpoint_run
 from catdog.runs.selection import resolve_members, resolve_runs
 from catdog.submission import clip_probs, submission_text, write_submission
@@ -154,18 +157,7 @@ def predict(cfg: DictConfig):
     log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
     source = Path(cfg.input) if cfg.input else _default_input(cfg, model)
 
-    if cfg.labelled:
-        if source.suffix == ".csv" and source.is_file():  # a run's split.csv: its validation images
-            root = _data_root(cfg, model)
-            images = read_split(source, root, classes)
-        else:
-            root = source
-            images = read_labelled(source, classes=classes)
-        paths, labels = images.paths, images.labels
-        ids = row_ids(paths, root)  # scored rows need no submission ids (Cat/0.jpg and Dog/0.jpg both exist)
-    else:
-        paths, labels = [str(p) for p in find_unlabelled(source)], None
-        ids = image_ids(paths)
+    paths, labels, ids = _input_images(cfg, model, source, classes)
     kept, bad = _screen(paths, policy, workers)
     if not kept:
         raise DatasetError(f"no readable images in {source}")
@@ -221,6 +213,32 @@ def predict(cfg: DictConfig):
     if blend is not None:
         _write_blend(blend_path, blend, path, tta, cfg.overwrite)
     return path
+
+
+def _input_images(cfg: DictConfig, model, source: Path, classes) -> tuple[list[str], list[int] | None, list[str]]:
+    """The images to predict, their labels (``labelled=true``; else None) and their ids, from ``input``: a folder or
+    one image; a run's ``split.csv`` (its validation images); any other CSV, read as ``data.csv`` is
+    (:mod:`catdog.data.csv_data`, the images under ``data.dir``, the ids the image column's values)."""
+    if source.suffix.lower() == ".csv" and source.is_file():
+        root = _data_root(cfg, model)
+        if is_split_file(source):
+            if not cfg.labelled:
+                raise ConfigError(f"input={source} is a run's split.csv: add labelled=true to score its images")
+            images = read_split(source, root, classes)
+            return images.paths, images.labels, row_ids(images.paths, root)
+        given = plain(OmegaConf.select(cfg, "data.csv_columns")) or {}
+        columns = {**(model.datamodule_hparams.get("csv_columns") or {}), **{k: v for k, v in given.items() if v}}
+        if cfg.labelled:
+            images = read_csv_dataset(source, root, columns, classes).images
+            return images.paths, images.labels, [Path(os.path.relpath(p, root)).as_posix() for p in images.paths]
+        paths, ids = read_csv_images(source, root, columns)
+        return paths, None, ids
+    if cfg.labelled:
+        images = read_labelled(source, classes=classes)
+        # scored rows need no submission ids (Cat/0.jpg and Dog/0.jpg both exist)
+        return images.paths, images.labels, row_ids(images.paths, source)
+    paths = [str(p) for p in find_unlabelled(source)]
+    return paths, None, image_ids(paths)
 
 
 def _choose_members(cfg: DictConfig, written: Path) -> tuple[list[Path], Blend | None, Path | None]:

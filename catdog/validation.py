@@ -60,6 +60,7 @@ def check_train_config(cfg: DictConfig) -> None:
         progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
         cache=d.get("cache", False), pseudo=plain(d.get("pseudo")), exclude=d.get("exclude"),
+        csv=d.get("csv"), csv_columns=plain(d.get("csv_columns")),
     )  # fmt: skip
 
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))

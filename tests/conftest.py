@@ -66,6 +66,19 @@ def make_flat(root, per_class: int = 10, test: int = 5, classes=("cat", "dog")) 
     return root
 
 
+def make_csv_data(root, rows, header="image,label", name="labels.csv") -> Path:
+    """``data.csv`` data: an image under ``root`` for every row (``(image, label, ...)``; the colour follows the label)
+    and the CSV of ``rows`` beside them."""
+    root = Path(root)
+    lines = [header]
+    for i, row in enumerate(rows):
+        make_image(root / row[0], zlib.crc32(str(row[1]).encode()) % 2, seed=i)
+        lines.append(",".join(str(v) for v in row))
+    path = root / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def make_class_folders(root, per_class: int = 8, classes=("cat", "dog"), validation: bool = True) -> Path:
     root = Path(root)
     for label, name in enumerate(classes):

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from catdog.data.cache import DecodedCache, open_cache
+from catdog.data.csv_data import check_csv_config, check_user_folds, check_user_split, read_csv_dataset
 from catdog.data.demo import make_demo_dataset
 from catdog.data.device_augment import BatchAugment
 from catdog.data.device_store import (
@@ -251,6 +252,8 @@ class CatDogDataModule(pl.LightningDataModule):
         pipeline: str = "workers",
         pseudo: dict | None = None,
         exclude: str | None = None,
+        csv: str | None = None,
+        csv_columns: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -284,9 +287,13 @@ class CatDogDataModule(pl.LightningDataModule):
         hp = self.hparams
         if hp.demo:
             make_demo_dataset(self.root)
-        layout = detect_layout(self.root)
-        self.classes = layout.train.classes
-        train, val = layout.train, layout.validation
+        table = read_csv_dataset(hp.csv, self.root, hp.csv_columns) if hp.csv else None
+        if table is not None:
+            layout_name, train, val = f"csv ({hp.csv})", table.images, None
+        else:
+            layout = detect_layout(self.root)
+            layout_name, train, val = layout.layout, layout.train, layout.validation
+        self.classes = train.classes
         if hp.folds and val is not None:
             raise ConfigError(
                 f"data.folds={hp.folds} needs one labelled folder, but {self.root} also has a validation folder; "
@@ -297,12 +304,18 @@ class CatDogDataModule(pl.LightningDataModule):
         drop = excluded_paths(read_exclude(hp.exclude), labelled, self.root, hp.exclude) if hp.exclude else set()
         bad = self._find_bad(train, val, pseudo.paths if pseudo is not None else [])
         if hp.folds:
-            assignment = kfold_assignments(train.labels, hp.folds, hp.seed, content_groups(train.paths))
+            if table is not None and table.folds is not None:  # the user's folds
+                assignment = check_user_folds(table.folds, hp.folds, hp.csv)
+            else:
+                assignment = kfold_assignments(train.labels, hp.folds, hp.seed, content_groups(train.paths))
             tr_idx, val_idx = fold_indices(assignment, hp.fold or 0)
             everything = train
             train, val = train.subset(tr_idx), train.subset(val_idx)
         elif val is None:
-            tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, content_groups(train.paths))
+            if table is not None and table.splits is not None:  # the user's validation rows
+                tr_idx, val_idx = check_user_split(table.splits, hp.csv)
+            else:
+                tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, content_groups(train.paths))
             train, val = train.subset(tr_idx), train.subset(val_idx)
         # The split and the folds are made before the exclusion: the other images keep their side or fold.
         left_out = {**bad, **dict.fromkeys(drop, "data.exclude")}
@@ -318,7 +331,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.train_set, self.val_set = train, val
         log.info(
             "data: %s layout in %s; classes %s; %d train %s, %d validation; %d unreadable image(s) skipped%s",
-            layout.layout, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
+            layout_name, self.root, self.classes, len(train), counts, len(val), len(self.bad_images),
             f"; {len(drop)} left out (data.exclude)" if drop else "",
         )  # fmt: skip
 
@@ -511,8 +524,11 @@ def check_data_config(
     pipeline="workers",
     pseudo=None,
     exclude=None,
+    csv=None,
+    csv_columns=None,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
+    check_csv_config(csv, csv_columns)
     check_pseudo(pseudo)
     check_exclude(exclude)
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:

@@ -145,6 +145,15 @@ def split_text(datamodule) -> str:
     return csv_text(header, sorted(rows))
 
 
+SPLIT_HEADERS = (["path", "label", "split"], ["path", "label", "fold"])
+
+
+def is_split_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a catdog ``split.csv`` (by its header)."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None) in SPLIT_HEADERS
+
+
 def read_split(path: str | os.PathLike, data_root: str | os.PathLike, classes: Sequence[str]):
     """The validation images of a run, from its ``split.csv``: :class:`~catdog.data.layouts.LabelledImages` with paths
     under ``data_root`` (the dataset the run was trained on). A k-fold fold's file gives the images of that fold
@@ -153,7 +162,7 @@ def read_split(path: str | os.PathLike, data_root: str | os.PathLike, classes: S
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames or []
-    if header not in (["path", "label", "split"], ["path", "label", "fold"]):
+    if header not in SPLIT_HEADERS:
         raise DatasetError(f"{path} is not a catdog split.csv (path,label,split or path,label,fold), header {header}")
     if "split" in header:
         val = [r for r in rows if r["split"] == "val"]

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import read_checkpoint, upgrade_state_dict
+from catdog.data.csv_data import CSV_COLUMNS
 from catdog.data.pseudo import PSEUDO_DEFAULTS
 from catdog.errors import CheckpointError, ConfigError
 from catdog.models.optim import plain
@@ -232,6 +233,8 @@ def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
 _ADDED_LATER = {
     "data.pseudo": PSEUDO_DEFAULTS,
     "data.exclude": None,
+    "data.csv": None,
+    "data.csv_columns": CSV_COLUMNS,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",
     "trainer.num_nodes": 1,
