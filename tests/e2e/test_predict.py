@@ -169,8 +169,11 @@ def test_run_split_file_scores_the_validation_images(trained, tmp_path):
         assert scores["accuracy"] == pytest.approx(result["val/acc"])
         # These images chose the checkpoint's epoch and fitted its temperature: the evaluation says so.
         assert json.loads((tmp_path / calibrate / "evaluation.json").read_text())["in_sample"] is True
-    with pytest.raises(DatasetError, match="not a catdog split.csv"):
+    # Any other CSV is read as a dataset CSV (data.csv_columns): oof.csv has no image column.
+    with pytest.raises(DatasetError, match=r"oof.csv has no column 'image' \(columns: \['path', 'label', 'fold'"):
         _predict(ckpt, tmp_path / "bad", f"input={run / 'oof.csv'}", "labelled=true")
+    with pytest.raises(ConfigError, match="is a run's split.csv: add labelled=true"):
+        _predict(ckpt, tmp_path / "unlabelled", f"input={run / 'split.csv'}")
 
 
 def test_more_than_two_classes_writes_a_column_per_class(tmp_path):
