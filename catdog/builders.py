@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary, Progr
 from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SafeCheckpointIO
 from catdog.loggers import build_loggers
+from catdog.models.class_weights import resolve_class_weights
 from catdog.models.networks import check_input_size
 from catdog.models.optim import plain
 from catdog.models.precision import resolve_precision, uses_cuda
@@ -54,8 +55,9 @@ def _preprocessing(cfg: DictConfig, init: dict | None = None) -> dict:
     return eval_preprocessing(cfg.model.arch, pretrained=cfg.model.get("weights") is not None)
 
 
-def build_model(cfg: DictConfig, classes: list[str]):
-    """The configured model; with ``model.init=PATH``, holding that checkpoint's weights (no download)."""
+def build_model(cfg: DictConfig, classes: list[str], train_labels: list[int] | None = None):
+    """The configured model; with ``model.init=PATH``, holding that checkpoint's weights (no download).
+    ``train_labels``: the training split's labels, which ``model.class_weights=auto`` is computed from."""
     resolve_preprocessing(cfg)
     init = cfg.model.get("init")
     init_ckpt = read_init(init) if init else None
@@ -68,6 +70,7 @@ def build_model(cfg: DictConfig, classes: list[str]):
         interpolation=cfg.data.get("interpolation") or "bilinear",
         mean=preset["mean"],
         std=preset["std"],
+        class_weights=resolve_class_weights(cfg.model.get("class_weights"), train_labels, classes),
         **({"weights": None, "pretrained": str(init)} if init else {}),
         _recursive_=False,
         _convert_="all",

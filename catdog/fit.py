@@ -21,6 +21,7 @@ from catdog.data.pseudo import pseudo_record, pseudo_text
 from catdog.distributed import is_writer
 from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text
+from catdog.metrics import class_report
 from catdog.models.calibration import calibrated_probs, calibration_record
 from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions
@@ -90,7 +91,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     datamodule.setup("fit")
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split_text(datamodule)
-    model = build_model(cfg, datamodule.classes)
+    model = build_model(cfg, datamodule.classes, datamodule.train_set.labels)
     check_network(cfg, model)
     trainer = build_trainer(cfg)
     resume = resume_path(cfg, out_dir)
@@ -153,6 +154,9 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         probs = calibrated_probs(logp, None)
         oof = write_oof(out_dir / OOF_NAME if writer else None, datamodule, probs, targets, indices, cfg.data.fold)
         result["val/logloss"], result["val/acc"] = oof["logloss"], oof["acc"]
+        per_class = class_report(probs.numpy(), targets.numpy(), datamodule.classes)
+        result["val/balanced_acc"] = per_class.pop("balanced_acc")
+        result.update(per_class)  # per_class (precision, recall, F1, support) and confusion
         if cfg.get("calibrate", True):
             result["calibration"] = calibration_record(logp, targets)
             # T fitted on other parts of the validation set than those it scores, and on the very images it scores

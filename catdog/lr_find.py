@@ -183,7 +183,7 @@ def lr_find(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run_cfg)
     datamodule.setup("fit")
-    model = build_model(run_cfg, datamodule.classes)
+    model = build_model(run_cfg, datamodule.classes, datamodule.train_set.labels)
     lrs = lr_schedule(settings["min_lr"], settings["max_lr"], settings["steps"])
     probe = LRRangeTest(lrs, settings["stop_factor"])
     # Epochs of the first stage only: the head's epochs with staged fine-tuning, else as many as the steps need.

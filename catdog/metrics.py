@@ -28,3 +28,26 @@ def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> 
     p = torch.from_numpy(probs)
     t = torch.tensor([index[y] for y in labels])
     return {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
+
+
+def class_report(probs: np.ndarray, targets: Sequence[int], classes: Sequence[str]) -> dict:
+    """Per class precision, recall, F1 and support of the argmax predictions, the confusion matrix (rows: true class,
+    columns: predicted) and the balanced accuracy (the mean recall)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (targets, probs.argmax(axis=1)), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp, predicted, actual = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
+        precision = float(tp / predicted) if predicted else 0.0
+        recall = float(tp / actual) if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
+    present = [v["recall"] for v in per_class.values() if v["support"]]
+    return {
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "balanced_acc": float(np.mean(present)) if present else 0.0,
+    }

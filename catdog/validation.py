@@ -27,6 +27,7 @@ from catdog.errors import ConfigError
 from catdog.exported import check_dependencies, check_export_args
 from catdog.loggers import check_loggers
 from catdog.lr_find import check_tune
+from catdog.models.class_weights import check_class_weights
 from catdog.models.module import check_training_args
 from catdog.models.networks import check_blocks, check_network_args
 from catdog.models.optim import plain
@@ -60,7 +61,7 @@ def check_train_config(cfg: DictConfig) -> None:
         progressive=plain(d.get("progressive")), augment=plain(d.get("augment")), crop_pct=d.crop_pct,
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
         cache=d.get("cache", False), pseudo=plain(d.get("pseudo")), exclude=d.get("exclude"),
-        csv=d.get("csv"), csv_columns=plain(d.get("csv_columns")),
+        csv=d.get("csv"), csv_columns=plain(d.get("csv_columns")), sampler=d.get("sampler"),
     )  # fmt: skip
 
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
@@ -83,6 +84,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "data.pseudo.soft=true cannot be combined with model.mixing (MixUp / CutMix take class indices): set "
             "data.pseudo.soft=false or turn mixing off"
         )
+    check_class_weights(plain(m.get("class_weights")))
     check_averaging(cfg)
     check_loggers(cfg)
     check_tune(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
 VERIFY_MODES = ("full", "header", "none")
+SAMPLERS = (None, "balanced")
 
 
 def check_policy(value: str, key: str = "data.on_bad_image") -> str:
@@ -89,6 +91,22 @@ class EpochShuffleSampler(Sampler[int]):
         offset = self.epoch * self.n
         order = (torch.randperm(self.n, generator=g) + offset).tolist()
         return iter(shard(order, self.rank, self.world))
+
+
+class BalancedEpochSampler(EpochShuffleSampler):
+    """``data.sampler=balanced``: each epoch draws as many indices as there are images, with replacement, every class
+    equally likely (an image of class c with probability ``1 / (K * n_c)``), from (seed, epoch) alone. It yields
+    ``epoch * n + index`` as :class:`EpochShuffleSampler` does and shards the one draw the same way under DDP."""
+
+    def __init__(self, labels: Sequence[int], seed: int, epoch: int = 0, rank: int = 0, world: int = 1):
+        super().__init__(len(labels), seed, epoch, rank, world)
+        counts = Counter(labels)
+        self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.float64)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        drawn = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        return iter(shard((drawn + self.epoch * self.n).tolist(), self.rank, self.world))
 
 
 class ShardSampler(Sampler[int]):
@@ -254,6 +272,7 @@ class CatDogDataModule(pl.LightningDataModule):
         exclude: str | None = None,
         csv: str | None = None,
         csv_columns: dict | None = None,
+        sampler: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -489,7 +508,10 @@ class CatDogDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         # On resume Lightning builds the loader after restoring the epoch counter: start the shuffle there.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch, rank=rank, world=world)
+        if self.hparams.sampler == "balanced":
+            sampler = BalancedEpochSampler(self.train_set.labels, self.hparams.seed, epoch, rank=rank, world=world)
+        else:
+            sampler = EpochShuffleSampler(len(dataset), self.hparams.seed, epoch, rank=rank, world=world)
         # Drop a last partial batch unless it is the only one (of this process's share, under DDP).
         drop_last = len(sampler) > self.hparams.batch_size
         return make_loader(dataset, self.hparams.batch_size, self._workers(), sampler=sampler, drop_last=drop_last)
@@ -526,8 +548,11 @@ def check_data_config(
     exclude=None,
     csv=None,
     csv_columns=None,
+    sampler=None,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"data.sampler must be null (shuffle) or 'balanced' (class-balanced), got {sampler!r}")
     check_csv_config(csv, csv_columns)
     check_pseudo(pseudo)
     check_exclude(exclude)

@@ -132,6 +132,7 @@ class ClassifierModule(pl.LightningModule):
         decay_bias_and_norm: bool = False,
         finetune: dict | None = None,
         label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
         mixing: dict | None = None,
         image_size: int = 224,
         crop_pct: float = 0.875,
@@ -162,6 +163,7 @@ class ClassifierModule(pl.LightningModule):
                 "decay_bias_and_norm": bool(decay_bias_and_norm),
                 "finetune": finetune,
                 "label_smoothing": float(label_smoothing),
+                "class_weights": [float(v) for v in class_weights] if class_weights is not None else None,
                 "mixing": mixing,
                 "image_size": int(image_size),
                 "crop_pct": float(crop_pct),
@@ -185,6 +187,8 @@ class ClassifierModule(pl.LightningModule):
             )
         self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, -1, 1, 1), persistent=False)
+        weights = self.hparams.class_weights
+        self.register_buffer("class_weight", torch.tensor(weights) if weights else None, persistent=False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.mixer = build_mixer(mixing, len(classes))
@@ -345,7 +349,9 @@ class ClassifierModule(pl.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self._network()(x)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
+        )
         self._note_nonfinite(loss.detach())
         self._epoch_clock[2] += len(y)
         hard = target.argmax(1) if target.ndim == 2 else target

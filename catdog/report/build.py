@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from catdog.errors import DatasetError
 from catdog.fileio import atomic_open, atomic_write_text
 from catdog.label_issues import rank_label_issues
+from catdog.metrics import class_report
 from catdog.report import figures as fg
 from catdog.runs.layout import (
     MANIFEST_NAME,
@@ -84,6 +85,7 @@ def evaluation_pictures(
         if roc["auc"] is not None:
             pictures["roc.png"] = fg.plot_roc(roc, classes[1])
     numbers["accuracy"] = float((predicted == targets).mean()) if len(targets) else None
+    numbers.update(class_report(probs, targets, classes))
     numbers["mistakes"] = [{k: v for k, v in m.items() if k != "path"} for m in mistakes]
     return pictures, numbers
 
@@ -207,8 +209,17 @@ def write_run_report(
         ("temperature", temperature), *((f"ECE {k}", v) for k, v in numbers["ece"].items()),
         ("ROC AUC", numbers.get("auc")), ("epochs", result.get("epochs")), ("fit time (s)", result.get("fit_time_s")),
     ]  # fmt: skip
-    tables = [("Summary", ("", "value"), [r for r in summary if r[1] is not None]), _mistakes_table(numbers)]
+    tables = [
+        ("Summary", ("", "value"), [r for r in summary if r[1] is not None]), _per_class_table(numbers),
+        _mistakes_table(numbers),
+    ]  # fmt: skip
     return write_bundle(run_dir / REPORT_DIR, run_dir / REPORT_HTML, f"Run {run_dir.name}", pictures, numbers, tables)
+
+
+def _per_class_table(numbers: dict) -> tuple[str, Sequence[str], list]:
+    rows = [(c, v["support"], v["precision"], v["recall"], v["f1"]) for c, v in numbers["per_class"].items()]
+    caption = f"Per class (balanced accuracy {numbers['balanced_acc']:.4f}; the confusion matrix is confusion.png)"
+    return caption, ("class", "images", "precision", "recall", "F1"), rows
 
 
 def _mistakes_table(numbers: dict) -> tuple[str, Sequence[str], list]:
@@ -252,7 +263,7 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     numbers["folds"] = [dict(zip(header, r)) for r in fold_rows]
     issue_rows = [(m["name"], m["fold"], m["true"], m["predicted"], m["p_true"], m["confident"]) for m in issues]
     tables = [
-        ("Folds and out-of-fold scores", header, fold_rows), _mistakes_table(numbers),
+        ("Folds and out-of-fold scores", header, fold_rows), _per_class_table(numbers), _mistakes_table(numbers),
         ("Likely label issues (top of label_issues.csv)", ("image", "fold", "label", "predicted", "P(label)",
                                                            "confident"), issue_rows),
     ]  # fmt: skip
@@ -320,7 +331,7 @@ def write_evaluation_report(
     """``predict.py labelled=true``: the evaluation pictures of the labelled images (as predicted: TTA, ensemble and
     temperature included)."""
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, applied=applied)
-    tables = [("Summary", ("", "value"), list(summary)), _mistakes_table(numbers)]
+    tables = [("Summary", ("", "value"), list(summary)), _per_class_table(numbers), _mistakes_table(numbers)]
     return write_bundle(folder, html_path, title, pictures, numbers, tables)
 
 

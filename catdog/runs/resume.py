@@ -234,6 +234,7 @@ _ADDED_LATER = {
     "data.pseudo": PSEUDO_DEFAULTS,
     "data.exclude": None,
     "data.csv": None,
+    "data.sampler": None,
     "data.csv_columns": CSV_COLUMNS,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",

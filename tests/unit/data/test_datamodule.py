@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from catdog.data.datamodule import CatDogDataModule, EpochShuffleSampler, ImageDataset, collate_skip_none
+from catdog.data.datamodule import (
+    BalancedEpochSampler,
+    CatDogDataModule,
+    EpochShuffleSampler,
+    ImageDataset,
+    collate_skip_none,
+)
 from catdog.data.transforms import ProgressiveTransform
 from catdog.errors import BadImageError, ConfigError
 from catdog.runs.layout import split_text
@@ -187,3 +193,18 @@ def test_excluded_images_leave_both_sides_and_the_rest_keep_their_fold(tmp_path)
     fold_of = dict(zip(plain.all_labelled.paths, plain.fold_assignment))
     assert dict(zip(dm.all_labelled.paths, dm.fold_assignment)) == {p: f for p, f in fold_of.items() if p not in drop}
     assert dm.excluded == sorted(drop)
+
+
+def test_balanced_sampler_draws_every_class_alike_from_seed_and_epoch_alone():
+    labels = [0] * 90 + [1] * 10
+    sampler = BalancedEpochSampler(labels, seed=3, epoch=2)
+    drawn = list(sampler)
+    assert len(drawn) == 100 and all(200 <= c < 300 for c in drawn)  # epoch * n + index
+    again = BalancedEpochSampler(labels, seed=3, epoch=2)
+    assert list(again) == drawn
+    sampler.set_epoch(3)
+    assert list(sampler) != drawn
+    minority = sum(labels[c % 100] for e in range(20) for c in BalancedEpochSampler(labels, 0, e))
+    assert 0.45 < minority / 2000 < 0.55
+    shards = [list(BalancedEpochSampler(labels, 3, 2, rank=r, world=2)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == sorted(drawn) and len(shards[0]) == len(shards[1]) == 50
