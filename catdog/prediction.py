@@ -347,7 +347,7 @@ def _report(
     ]  # fmt: skip
     safe_report(
         "evaluation", write_evaluation_report, outputs["html"].with_suffix(""), outputs["html"], probs, targets,
-        classes, ids, paths, f"Evaluation of {source}", summary, f"as predicted (T: {calibrated})",
+        classes, ids, paths, f"Evaluation of {source}", summary, f"as predicted (T: {calibrated})", members[0],
     )  # fmt: skip
     print(f"wrote {outputs['predictions']}, {outputs['md'].name}, {outputs['json'].name} and {outputs['html'].name}")
     return scores

@@ -7,7 +7,8 @@ import html
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,11 @@ from omegaconf import OmegaConf
 
 from catdog.errors import DatasetError
 from catdog.fileio import atomic_open, atomic_write_text
+from catdog.inference import load_classifier
 from catdog.label_issues import rank_label_issues
 from catdog.metrics import class_report
 from catdog.report import figures as fg
+from catdog.report import gradcam as gc
 from catdog.runs.layout import (
     MANIFEST_NAME,
     OOF_NAME,
@@ -88,6 +91,42 @@ def evaluation_pictures(
     numbers.update(class_report(probs, targets, classes))
     numbers["mistakes"] = [{k: v for k, v in m.items() if k != "path"} for m in mistakes]
     return pictures, numbers
+
+
+def gradcam_items(probs, targets, classes, names, paths, checkpoint_of: Callable[[int], Path]) -> list[dict]:
+    """Grad-CAM overlays (:mod:`catdog.report.gradcam`) of the most confident mistakes and of a few confident correct
+    predictions per class, each from the checkpoint that predicted it (``checkpoint_of(row)``), for the class it
+    predicted."""
+    rows = gc.pick(np.asarray(probs), np.asarray(targets))
+    by_checkpoint: dict[Path, list[int]] = defaultdict(list)
+    for i in rows:
+        by_checkpoint[Path(checkpoint_of(i))].append(i)
+    items = {}
+    for checkpoint, chosen in by_checkpoint.items():
+        model = load_classifier(checkpoint)
+        if getattr(model, "exported", False):
+            raise ValueError(f"{checkpoint} is an exported model file: Grad-CAM needs a checkpoint")
+        crops = gc.eval_crops(model, [paths[i] for i in chosen])
+        predicted = [int(np.argmax(probs[i])) for i in chosen]
+        for i, crop, cam, c in zip(chosen, crops, gc.grad_cam(model, crops, predicted), predicted):
+            items[i] = {
+                "name": str(names[i]), "true": classes[targets[i]], "predicted": classes[c],
+                "p": float(probs[i][c]), "checkpoint": str(checkpoint), "image": crop.permute(1, 2, 0).numpy(),
+                "cam": cam,
+            }  # fmt: skip
+    return [items[i] for i in rows]
+
+
+def add_gradcam(pictures: dict, numbers: dict, *args) -> None:
+    """``gradcam.png`` (and its rows in the numbers) from :func:`gradcam_items`; a failure (images moved, an exported
+    model) is logged and leaves the rest of the report as it is."""
+    try:
+        items = gradcam_items(*args)
+    except Exception as exc:  # noqa: BLE001 - the report is written without this picture
+        log.warning("report: no Grad-CAM picture (%s: %s)", type(exc).__name__, exc)
+        return
+    pictures["gradcam.png"] = fg.plot_gradcam(items)
+    numbers["gradcam"] = [{k: v for k, v in item.items() if k not in ("image", "cam")} for item in items]
 
 
 def _write_png(path: Path, data: bytes) -> None:
@@ -193,6 +232,9 @@ def write_run_report(
     temperature = (result.get("calibration") or {}).get("temperature")
     _, probs, targets, classes, names, paths = _oof(run_dir, root)
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
+    if result.get("best_checkpoint"):
+        best = run_dir / result["best_checkpoint"]
+        add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: best)
     metrics = _metrics_csv(run_dir)
     if metrics is not None:
         history = fg.epoch_history(metrics)
@@ -243,6 +285,8 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     temperature = np.array(per_row, dtype=np.float64) if all(t is not None for t in per_row) else None
     fitted = "fitted on the other folds" if cross else "each fold's own: in-sample"
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature, fitted=fitted)
+    checkpoints = {str(m["fold"]): run_dir / m["checkpoint"] for m in manifest["members"]}
+    add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: checkpoints[rows[i][2]])
     issues = label_issue_items(probs, targets, classes, names, paths, rows)
     pictures["label_issues.png"] = fg.plot_mistakes(issues)
     numbers["label_issues"] = [{k: v for k, v in m.items() if k != "path"} for m in issues]
@@ -327,10 +371,13 @@ def write_evaluation_report(
     title: str,
     summary: Sequence[tuple[str, object]] = (),
     applied: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Path:
     """``predict.py labelled=true``: the evaluation pictures of the labelled images (as predicted: TTA, ensemble and
-    temperature included)."""
+    temperature included), and Grad-CAM overlays from ``checkpoint`` (an ensemble's first member) when given."""
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, applied=applied)
+    if checkpoint is not None:
+        add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: checkpoint)
     tables = [("Summary", ("", "value"), list(summary)), _per_class_table(numbers), _mistakes_table(numbers)]
     return write_bundle(folder, html_path, title, pictures, numbers, tables)
 

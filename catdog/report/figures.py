@@ -304,3 +304,26 @@ def plot_lr_find(
         ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 2.5 * finite[0]) * 1.05)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def plot_gradcam(items: Sequence[dict], columns: int = 4) -> bytes:
+    """A grid of Grad-CAM overlays: each item's ``image`` (H, W, 3 uint8, the eval crop) under its ``cam`` (H, W in
+    [0, 1]), captioned with ``name``, ``true``, ``predicted`` and ``p`` (the predicted class's probability)."""
+    from matplotlib.figure import Figure
+
+    n = max(1, len(items))
+    cols, rows = min(columns, n), math.ceil(n / columns)
+    fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
+    if not items:
+        fig.text(0.5, 0.5, "no image to explain", ha="center", va="center")
+    for i, item in enumerate(items):
+        left, top = (i % cols) / cols, 1 - (i // cols) / rows
+        ax = fig.add_axes((left + 0.05 / cols, top - 0.97 / rows, 0.9 / cols, 0.74 / rows))
+        ax.axis("off")
+        ax.imshow(item["image"])
+        ax.imshow(item["cam"], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        verdict = "right" if item["true"] == item["predicted"] else "WRONG"
+        name, truth, predicted = _short_name(item["name"]), item["true"], item["predicted"]
+        caption = f"{name}\ntrue {truth}, {verdict}\npredicted {predicted} {item['p']:.3f}"
+        fig.text(left + 0.5 / cols, top - 0.02 / rows, caption, ha="center", va="top", fontsize=8)
+    return _png(fig)

@@ -41,8 +41,16 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     overrides = ["trainer.max_epochs=2", "model.finetune.head_epochs=1", "model.finetune.blocks=2", "report=true"]
     train(tiny_train_cfg(data, run, *overrides))
     numbers = assert_report(
-        run / "report.html", {"curves.png", "confusion.png", "mistakes.png", "reliability.png", "roc.png"}
+        run / "report.html",
+        {"curves.png", "confusion.png", "mistakes.png", "reliability.png", "roc.png", "gradcam.png"},
     )
+    # Grad-CAM of the best checkpoint: the most confident mistakes first, then a few sure right answers per class.
+    explained = numbers["gradcam"]
+    assert {e["checkpoint"] for e in explained} == {str(run / "checkpoints" / "best.ckpt")}
+    assert [e["name"] for e in explained if e["true"] != e["predicted"]] == [m["name"] for m in numbers["mistakes"]][
+        : len([e for e in explained if e["true"] != e["predicted"]])
+    ]
+    assert {e["predicted"] for e in explained if e["true"] == e["predicted"]} <= {"cat", "dog"}
     # The numbers behind the pictures are those of the run's own oof.csv and result.json.
     rows = [line.split(",") for line in (run / "oof.csv").read_text().splitlines()[1:]]
     probs = np.array([[float(r[3]), float(r[4])] for r in rows])
@@ -61,7 +69,8 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     # Rebuilding it from the folder alone gives the same numbers.
     (run / "report.html").unlink()
     write_folder_report(run, data)
-    assert json.loads((run / "report" / "summary.json").read_text())["confusion"] == numbers["confusion"]
+    rebuilt = json.loads((run / "report" / "summary.json").read_text())
+    assert rebuilt["confusion"] == numbers["confusion"] and rebuilt["gradcam"] == numbers["gradcam"]
 
 
 def test_kfold_report_and_per_fold_table(tmp_path):
@@ -70,9 +79,13 @@ def test_kfold_report_and_per_fold_table(tmp_path):
     train(tiny_train_cfg(data, run, "ensemble.size=2", "report=true"))
     numbers = assert_report(
         run / "report.html",
-        {"folds.png", "confusion.png", "mistakes.png", "label_issues.png", "reliability.png", "roc.png"},
+        {"folds.png", "confusion.png", "mistakes.png", "label_issues.png", "reliability.png", "roc.png", "gradcam.png"},
     )
     manifest = json.loads((run / "manifest.json").read_text())
+    # each image explained by the fold model that did not train on it
+    fold_of = {line.split(",")[0]: line.split(",")[2] for line in (run / "oof.csv").read_text().splitlines()[1:]}
+    for e in numbers["gradcam"]:
+        assert e["checkpoint"] == str(run / f"fold_{fold_of[e['name']]}" / "checkpoints" / "best.ckpt")
     assert [r["fold"] for r in numbers["folds"]] == [0, 1, "oof"]
     assert numbers["folds"][-1]["logloss"] == pytest.approx(manifest["oof"]["logloss"])
     assert numbers["images"] == manifest["oof"]["images"] == 12
@@ -88,7 +101,9 @@ def test_labelled_prediction_writes_the_evaluation_pictures(tmp_path):
     overrides = [f"ckpt={ckpt}", f"input={tmp_path / 'run' / 'split.csv'}", "labelled=true", "num_workers=0"]
     scores = predict(compose_predict([*overrides, "device=cpu"], output_dir=tmp_path / "p"))
     numbers = assert_report(
-        tmp_path / "p" / "evaluation.html", {"confusion.png", "mistakes.png", "reliability.png", "roc.png"}
+        tmp_path / "p" / "evaluation.html",
+        {"confusion.png", "mistakes.png", "reliability.png", "roc.png", "gradcam.png"},
     )
+    assert {e["checkpoint"] for e in numbers["gradcam"]} == {str(ckpt)}
     assert numbers["images"] == scores["images"]
     assert numbers["accuracy"] == pytest.approx(scores["accuracy"])
