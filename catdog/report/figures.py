@@ -201,21 +201,30 @@ def plot_roc(data: dict, positive: str) -> bytes:
     return _png(fig)
 
 
-def plot_mistakes(items: Sequence[dict], columns: int = 4) -> bytes:
-    """A grid of ``items`` (``path``, ``name``, ``true``, ``predicted``, ``p_true``): thumbnail and caption. Cells are
-    placed by hand (no layout engine: it would measure every caption, several times over)."""
+def _grid(items: Sequence[dict], columns: int, draw, caption, empty: str) -> bytes:
+    """A grid of ``items``: ``draw(ax, item)`` fills each cell, ``caption(item)`` writes above it. Cells are placed by
+    hand (no layout engine: it would measure every caption, several times over)."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
     n = max(1, len(items))
     cols, rows = min(columns, n), math.ceil(n / columns)
     fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
     if not items:
-        fig.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        fig.text(0.5, 0.5, empty, ha="center", va="center")
     for i, item in enumerate(items):
         left, top = (i % cols) / cols, 1 - (i // cols) / rows
         ax = fig.add_axes((left + 0.05 / cols, top - 0.97 / rows, 0.9 / cols, 0.74 / rows))
         ax.axis("off")
+        draw(ax, item)
+        fig.text(left + 0.5 / cols, top - 0.02 / rows, caption(item), ha="center", va="top", fontsize=8)
+    return _png(fig)
+
+
+def plot_mistakes(items: Sequence[dict], columns: int = 4) -> bytes:
+    """A grid of ``items`` (``path``, ``name``, ``true``, ``predicted``, ``p_true``): thumbnail and caption."""
+    from PIL import Image
+
+    def draw(ax, item):
         try:
             with Image.open(item["path"]) as img:
                 img = img.convert("RGB")
@@ -223,10 +232,12 @@ def plot_mistakes(items: Sequence[dict], columns: int = 4) -> bytes:
                 ax.imshow(np.asarray(img))
         except (OSError, ValueError):
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=8)
-        name, truth, p, predicted = _short_name(item["name"]), item["true"], item["p_true"], item["predicted"]
-        caption = f"{name}\ntrue {truth}, P {p:.3f}\npredicted {predicted}"
-        fig.text(left + 0.5 / cols, top - 0.02 / rows, caption, ha="center", va="top", fontsize=8)
-    return _png(fig)
+
+    def caption(item):
+        name, truth, predicted = _short_name(item["name"]), item["true"], item["predicted"]
+        return f"{name}\ntrue {truth}, P {item['p_true']:.3f}\npredicted {predicted}"
+
+    return _grid(items, columns, draw, caption, "no mistakes")
 
 
 def _short_name(name: str, width: int = 28) -> str:
@@ -309,21 +320,14 @@ def plot_lr_find(
 def plot_gradcam(items: Sequence[dict], columns: int = 4) -> bytes:
     """A grid of Grad-CAM overlays: each item's ``image`` (H, W, 3 uint8, the eval crop) under its ``cam`` (H, W in
     [0, 1]), captioned with ``name``, ``true``, ``predicted`` and ``p`` (the predicted class's probability)."""
-    from matplotlib.figure import Figure
 
-    n = max(1, len(items))
-    cols, rows = min(columns, n), math.ceil(n / columns)
-    fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
-    if not items:
-        fig.text(0.5, 0.5, "no image to explain", ha="center", va="center")
-    for i, item in enumerate(items):
-        left, top = (i % cols) / cols, 1 - (i // cols) / rows
-        ax = fig.add_axes((left + 0.05 / cols, top - 0.97 / rows, 0.9 / cols, 0.74 / rows))
-        ax.axis("off")
+    def draw(ax, item):
         ax.imshow(item["image"])
         ax.imshow(item["cam"], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+
+    def caption(item):
         verdict = "right" if item["true"] == item["predicted"] else "WRONG"
-        name, truth, predicted = _short_name(item["name"]), item["true"], item["predicted"]
-        caption = f"{name}\ntrue {truth}, {verdict}\npredicted {predicted} {item['p']:.3f}"
-        fig.text(left + 0.5 / cols, top - 0.02 / rows, caption, ha="center", va="top", fontsize=8)
-    return _png(fig)
+        name, predicted = _short_name(item["name"]), item["predicted"]
+        return f"{name}\ntrue {item['true']}, {verdict}\npredicted {predicted} {item['p']:.3f}"
+
+    return _grid(items, columns, draw, caption, "no image to explain")
