@@ -235,6 +235,7 @@ _ADDED_LATER = {
     "data.exclude": None,
     "data.csv": None,
     "data.sampler": None,
+    "model.class_weights": None,
     "data.csv_columns": CSV_COLUMNS,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",
