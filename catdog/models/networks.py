@@ -24,6 +24,7 @@ from catdog.models.stages import (
     stage_spec,
     under,
 )
+from catdog.models.timm_source import create_timm, is_timm, timm_groups
 from catdog.models.weights import default_weights, imagenet_state_dict, load_pretrained, load_weights_file
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ def _mlp(in_features: int, hidden: int, num_classes: int, dropout: float) -> lis
 
 
 def replace_head(model: nn.Module, slot: str, num_classes: int, head: str, hidden: int, dropout: float) -> None:
-    """Give ``model`` (its classifier at attribute ``slot``) a new ``num_classes`` classifier, in place."""
-    old = getattr(model, slot)
+    """Give ``model`` (its classifier at ``slot``, a dotted path for timm's ``head.fc``) a new ``num_classes``
+    classifier, in place."""
+    old = model.get_submodule(slot)
     layers = list(old.children()) if isinstance(old, nn.Sequential) else [old]
     outputs = [i for i, m in enumerate(layers) if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not outputs:
@@ -75,7 +77,10 @@ def replace_head(model: nn.Module, slot: str, num_classes: int, head: str, hidde
         if not any(isinstance(m, nn.Dropout) for m in layers[:last]):
             new = nn.Sequential(nn.Dropout(dropout), new)
         layers = layers[:last] + [new] + tail
-    setattr(model, slot, nn.Sequential(*layers) if len(layers) > 1 else layers[0])
+    parent, _, name = slot.rpartition(".")
+    setattr(
+        model.get_submodule(parent) if parent else model, name, nn.Sequential(*layers) if len(layers) > 1 else layers[0]
+    )
 
 
 # ----- the network -------------------------------------------------------------------------------------------------
@@ -95,7 +100,7 @@ class Classifier(nn.Module):
 
     @property
     def head(self) -> nn.Module:
-        return getattr(self.model, self.head_name)
+        return self.model.get_submodule(self.head_name)
 
     def stages(self) -> list[Stage]:
         return list(self._stages)
@@ -219,6 +224,12 @@ def build_network(
     """
     if num_classes < 2:
         raise ConfigError(f"the number of classes must be >= 2, got {num_classes}")
+    if is_timm(arch):
+        model = create_timm(arch, num_classes, weights, dropout, image_size)
+        slot = family(arch).head
+        if head == "small":
+            replace_head(model, slot, num_classes, head, head_hidden, dropout)
+        return Classifier(model, arch, slot, timm_stages(model, slot))
     fam = family(arch)
     model = _torchvision_model(arch, image_size, width, pretrained=weights is not None)
     if weights is not None:
@@ -232,8 +243,42 @@ def build_network(
     return Classifier(model, arch, fam.head, find_stages(model, fam.head, spec))
 
 
+def timm_stages(model: nn.Module, head: str) -> list[Stage]:
+    """timm's coarse parameter groups as stages: the stem joins the first stage, and what the classifier's group holds
+    besides the classifier (ConvNeXt's ``head.norm``) the last one."""
+    groups = timm_groups(model)
+    tail: list[str] = []
+    if groups and any(under(n, head) for n in groups[-1]):
+        tail = [n for n in groups.pop() if not under(n, head)]
+    groups = [g for g in ([n for n in g if not under(n, head)] for g in groups) if g]
+    if len(groups) < 2:
+        names = [n for g in groups for n in g] + tail
+        return [Stage("backbone", tuple(names))] if names else []
+    stem, *stages = groups
+    out = []
+    for i, names in enumerate(stages):
+        extra = (stem if i == 0 else []) + (tail if i == len(stages) - 1 else [])
+        joined = tuple(dict.fromkeys(p.rsplit(".", 1)[0] for p in extra))
+        out.append(Stage(_common_prefix(names), tuple(extra + names), joined))
+    return out
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest dotted module path every name is under (``stages.2`` for ``stages.2.blocks.0.conv.weight``...)."""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or names[0].rsplit(".", 1)[0]
+
+
 def stage_names(arch: str, image_size: int = 224) -> list[str]:
     """``arch``'s stages without building its weights (on the meta device where its builder allows)."""
+    if is_timm(arch):
+        model = create_timm(arch, 2, None, 0.0, image_size)
+        return [s.name for s in timm_stages(model, family(arch).head)]
     fam, kwargs = family(arch), _build_kwargs(arch, image_size, pretrained=False)
     try:
         with torch.device("meta"):

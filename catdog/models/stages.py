@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from catdog.errors import ConfigError
+from catdog.models.timm_source import check_timm_arch, is_timm, pretrained_cfg, timm_fixed_input_size
 
 
 @functools.cache
@@ -39,6 +40,8 @@ def all_archs() -> tuple[str, ...]:
 
 
 def check_arch(arch: str) -> str:
+    if is_timm(arch):
+        return check_timm_arch(arch)
     if arch not in all_archs():
         close = difflib.get_close_matches(str(arch), all_archs(), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -50,7 +53,10 @@ def check_arch(arch: str) -> str:
 
 
 def family_of(arch: str) -> str:
-    """The torchvision module ``arch`` is defined in: ``resnet`` for resnext50_32x4d, ``vision_transformer``, ..."""
+    """The torchvision module ``arch`` is defined in: ``resnet`` for resnext50_32x4d, ``vision_transformer``, ...;
+    ``timm`` for a timm model."""
+    if is_timm(arch):
+        return TIMM_FAMILY
     return torchvision.models.get_model_builder(check_arch(arch)).__module__.rsplit(".", 1)[-1]
 
 
@@ -160,6 +166,8 @@ FAMILIES: dict[str, Family] = {
 
 
 def family(arch: str) -> Family:
+    if is_timm(arch):
+        return Family(pretrained_cfg(arch)["classifier"])
     return FAMILIES.get(family_of(arch)) or Family(_guess_head(arch))
 
 
@@ -170,8 +178,13 @@ def _guess_head(arch: str) -> str:
 
 def fixed_input_size(arch: str) -> bool:
     """Whether ``arch`` is built for one input size (ViT, MaxViT): no progressive resizing."""
+    if is_timm(arch):
+        return timm_fixed_input_size(arch)
     return family(arch).size_kwarg is not None
 
+
+#: family_of's name for every timm model.
+TIMM_FAMILY = "timm"
 
 _NO_BATCHNORM = ("alexnet", "squeezenet", "convnext", "swin_transformer", "vision_transformer")
 

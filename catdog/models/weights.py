@@ -14,6 +14,7 @@ import torch
 from torchvision.models import WeightsEnum, get_model_weights
 
 from catdog.errors import CheckpointError, WeightsUnavailableError
+from catdog.models.timm_source import is_timm, timm_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ def weights_preprocessing(weights: WeightsEnum) -> dict:
 
 def eval_preprocessing(arch: str, pretrained: bool) -> dict:
     """The preprocessing a model of ``arch`` expects: its default weights' when it starts from pretrained weights
-    (ImageNet or a local copy of torchvision's file), else :data:`DEFAULT_PREPROCESSING`."""
+    (ImageNet or a local copy of torchvision's file), else :data:`DEFAULT_PREPROCESSING`; a timm model's pretrained
+    config in either case (its own size, crop, interpolation, mean and std)."""
+    if is_timm(arch):
+        return timm_preprocessing(arch)
     return weights_preprocessing(default_weights(arch)) if pretrained else dict(DEFAULT_PREPROCESSING)
 
 
@@ -84,6 +88,8 @@ def check_weights_available(arch: str, weights: str | None) -> None:
     """Before any data is read: make sure the requested weights can be had (download ImageNet ones into the cache)."""
     if weights is None:
         return
+    if weights == "imagenet" and is_timm(arch):
+        return  # timm fetches or finds them as the network is built, failing there with what to do
     if weights == "imagenet":
         if not cached_weights_path(default_weights(arch)).is_file():
             imagenet_state_dict(arch)  # downloads into torchvision's cache, or raises with what to do

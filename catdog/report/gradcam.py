@@ -24,6 +24,7 @@ from torch import nn
 from catdog.data.images import load_image
 from catdog.data.transforms import eval_resize_size, eval_transform, normalize
 from catdog.models.stages import family, family_of
+from catdog.models.timm_source import is_timm
 
 #: Families whose stage outputs are channels-last maps (B, h, w, C).
 CHANNELS_LAST = ("swin_transformer",)
@@ -35,6 +36,8 @@ POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2
 def target_layer(net) -> nn.Module:
     """The module whose output Grad-CAM explains: the last stage's last module that is not a pooling layer (VGG's
     last ReLU, whose map is twice as fine as the block's pooled output), else the last ``Conv2d``."""
+    if is_timm(net.arch):  # timm's last parameter group: its module (ResNet's layer4, a ViT's last block)
+        return net.model.get_submodule(net.stages()[-1].name)
     spec = family(net.arch).stages
     if spec is not None:
         stages = spec(net.model)
