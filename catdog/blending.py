@@ -211,7 +211,8 @@ def fit_oof_blend(runs: Sequence[str | Path]) -> Blend:
     weights, temperature = fit_blend(logps, targets)
     in_sample = blend_probs(logps, weights, temperature)
     crossed, fits = cross_fitted_blend(logps, targets, ref.folds)
-    parts = torch.tensor([sorted(set(ref.folds)).index(f) for f in ref.folds])
+    part_of = {f: i for i, f in enumerate(sorted(set(ref.folds)))}
+    parts = torch.tensor([part_of[f] for f in ref.folds])
     members = []
     for r, w, logp in zip(oof, weights, logps):
         p = torch.from_numpy(r.probs)

@@ -1,6 +1,7 @@
 """Exceptions raised by catdog: each message names the file or config key at fault."""
 
 import os
+from collections.abc import Mapping
 
 
 class CatdogError(Exception):
@@ -13,6 +14,18 @@ class ConfigError(CatdogError, ValueError):
 
 class DatasetError(CatdogError):
     """A dataset folder is missing, empty or laid out in a way catdog cannot read."""
+
+
+def check_known_keys(value, known, key: str) -> None:
+    """Refuse a config mapping ``value`` (None: nothing set) that is not a mapping or holds keys outside ``known``,
+    naming ``key`` and the known keys (in ``known``'s order)."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping with keys {list(known)}, got {value!r}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ConfigError(f"{key} has unknown key(s) {unknown}; known: {list(known)}")
 
 
 def printable_path(path) -> str:

@@ -23,7 +23,6 @@ from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text
 from catdog.metrics import class_report
 from catdog.models.calibration import calibrated_probs, calibration_record
-from catdog.models.optim import plain
 from catdog.models.precision import cpu_bf16_instructions
 from catdog.report.build import safe_report, unfreeze_epoch, write_run_report
 from catdog.runs.history import continue_history
@@ -66,11 +65,11 @@ def score_checkpoint(cfg: DictConfig, model, datamodule, ckpt_path: str | None) 
     scorer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
 
 
-def data_record(cfg: DictConfig, datamodule) -> dict:
+def data_record(datamodule) -> dict:
     """What ``result.json`` says of the data beyond the split: the pseudo-labels used (``pseudo``, with the count per
     class) and how many labelled images ``data.exclude`` left out (``excluded``)."""
     record = {}
-    pseudo = pseudo_record(plain(cfg.data.get("pseudo")), datamodule.pseudo, datamodule.classes)
+    pseudo = pseudo_record(datamodule.pseudo, datamodule.classes)
     if pseudo is not None:
         record["pseudo"] = pseudo
     if datamodule.excluded:
@@ -168,7 +167,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
         {
             "epochs": int(trainer.current_epoch),
             "train_images": len(datamodule.train_set),
-            **data_record(cfg, datamodule),
+            **data_record(datamodule),
             # trainer.fit alone (training and per-epoch validation; a resumed run: this session's part)
             "fit_time_s": round(fit_time, 1),
             **({"budget_plan": plan} if plan else {}),

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, open_dict
 
 from catdog.builders import build_datamodule, build_model, build_trainer
 from catdog.distributed import externally_launched
-from catdog.errors import ConfigError
+from catdog.errors import ConfigError, check_known_keys
 from catdog.fileio import atomic_open
 from catdog.report.figures import plot_lr_find
 from catdog.runs.layout import LR_FIND_JSON, LR_FIND_PNG, write_json
@@ -53,9 +53,7 @@ def check_tune(cfg: DictConfig) -> None:
             "suggested learning rate holds for the run's own batch size; scale it for more processes)"
         )
     settings = {**LR_FIND_DEFAULTS, **dict(cfg.get("lr_find") or {})}
-    unknown = sorted(set(settings) - set(LR_FIND_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"lr_find has unknown key(s) {unknown}; known: {sorted(LR_FIND_DEFAULTS)}")
+    check_known_keys(settings, sorted(LR_FIND_DEFAULTS), "lr_find")
     lo, hi = settings["min_lr"], settings["max_lr"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (lo, hi)) or lo >= hi:
         raise ConfigError(f"lr_find.min_lr and lr_find.max_lr must be numbers with 0 < min_lr < max_lr, got {lo}, {hi}")
@@ -100,26 +98,34 @@ def valley(lrs: list[float], losses: list[float]) -> float | None:
     return float(lrs[start + int(third) + int(third / 2)])
 
 
+def _skip(losses) -> int:
+    """Points at the start of the curve left out: the first tenth, where the moving average is still settling."""
+    return max(1, len(losses) // 10)
+
+
+def _lowest_index(losses: np.ndarray) -> int | None:
+    """Index of the lowest finite loss after :func:`_skip`'s points; None when there is none."""
+    tail = losses[_skip(losses) :]
+    if not np.isfinite(tail).any():
+        return None
+    return _skip(losses) + int(np.nanargmin(np.where(np.isfinite(tail), tail, np.nan)))
+
+
 def lowest(lrs: list[float], losses: list[float]) -> float | None:
     """The learning rate of the lowest smoothed loss after the first tenth of the curve (fastai's ``minimum``, of
     which it suggests a tenth)."""
-    skip = max(1, len(losses) // 10)
-    tail = np.asarray(losses[skip:], dtype=np.float64)
-    if not np.isfinite(tail).any():
-        return None
-    return float(lrs[skip + int(np.nanargmin(np.where(np.isfinite(tail), tail, np.nan)))])
+    i = _lowest_index(np.asarray(losses, dtype=np.float64))
+    return None if i is None else float(lrs[i])
 
 
 def steepest(lrs: list[float], losses: list[float]) -> float | None:
     """Where the smoothed loss falls fastest per decade of learning rate before its lowest point (Lightning's
     suggestion), skipping the first tenth of the curve, where the average is still settling; None if too short."""
     losses = np.asarray(losses, dtype=np.float64)
-    skip = max(1, len(losses) // 10)
-    if np.isfinite(losses).sum() < 10:
+    skip, low = _skip(losses), _lowest_index(losses)
+    if np.isfinite(losses).sum() < 10 or low is None or low + 1 - skip < 3:
         return None
-    end = skip + int(np.nanargmin(np.where(np.isfinite(losses[skip:]), losses[skip:], np.nan))) + 1
-    if end - skip < 3:
-        return None
+    end = low + 1
     slope = np.gradient(losses[skip:end], np.log10(np.asarray(lrs[skip:end])))
     return float(lrs[skip + int(np.argmin(slope))])
 
@@ -131,7 +137,8 @@ class LRRangeTest(pl.Callback):
     def __init__(self, lrs: np.ndarray, stop_factor: float):
         self.lrs, self.stop_factor = [float(v) for v in lrs], float(stop_factor)
         self.raw: list[float] = []
-        self.smoothed: list[float] = []
+        self.smoothed: list[float] = []  # smooth(self.raw), kept up step by step
+        self._average = 0.0
         self.diverged = False
         self.stage = ""
 
@@ -149,8 +156,9 @@ class LRRangeTest(pl.Callback):
         if loss is None:  # a batch of unreadable images only
             return
         self.raw.append(float(loss))
-        self.smoothed = smooth(self.raw)
-        last = self.smoothed[-1]
+        self._average = BETA * self._average + (1 - BETA) * self.raw[-1]
+        last = self._average / (1 - BETA ** len(self.raw))
+        self.smoothed.append(last)
         if not math.isfinite(last) or last > self.stop_factor * min(self.smoothed):
             self.diverged = trainer.should_stop = True
         if len(self.raw) >= len(self.lrs):

@@ -30,14 +30,19 @@ def scores(probs: np.ndarray, labels: Sequence[str], classes: Sequence[str]) -> 
     return {"logloss": log_loss(p, t), "acc": accuracy(p, t), "images": len(labels)}
 
 
+def confusion_counts(targets: Sequence[int], predicted: Sequence[int], num_classes: int) -> np.ndarray:
+    """``counts[i, j]`` = images of true class ``i`` predicted as ``j``."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(targets, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return counts
+
+
 def class_report(probs: np.ndarray, targets: Sequence[int], classes: Sequence[str]) -> dict:
     """Per class precision, recall, F1 and support of the argmax predictions, the confusion matrix (rows: true class,
     columns: predicted) and the balanced accuracy (the mean recall)."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
-    k = len(classes)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (targets, probs.argmax(axis=1)), 1)
+    confusion = confusion_counts(targets, probs.argmax(axis=1), len(classes))
     per_class = {}
     for i, name in enumerate(classes):
         tp, predicted, actual = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()

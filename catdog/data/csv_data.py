@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catdog.data.layouts import LabelledImages
-from catdog.errors import ConfigError, DatasetError
+from catdog.errors import ConfigError, DatasetError, check_known_keys
 
 #: data.csv_columns's keys and their defaults.
 CSV_COLUMNS = {"image": "image", "label": "label", "fold": "fold", "split": "split"}
@@ -41,14 +41,8 @@ def check_csv_config(path, columns) -> None:
         raise ConfigError(f"data.csv must be the path of a CSV file, or null; got {path!r}")
     if path is not None and not Path(path).expanduser().is_file():
         raise ConfigError(f"data.csv={path}: no such file")
-    if columns is None:
-        return
-    if not isinstance(columns, dict):
-        raise ConfigError(f"data.csv_columns must be a mapping with keys {sorted(CSV_COLUMNS)}, got {columns!r}")
-    unknown = sorted(set(columns) - set(CSV_COLUMNS))
-    if unknown:
-        raise ConfigError(f"data.csv_columns has unknown key(s) {unknown}; known: {sorted(CSV_COLUMNS)}")
-    for key, name in columns.items():
+    check_known_keys(columns, sorted(CSV_COLUMNS), "data.csv_columns")
+    for key, name in (columns or {}).items():
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"data.csv_columns.{key} must be a column name, got {name!r}")
 

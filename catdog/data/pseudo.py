@@ -8,6 +8,7 @@ the predicted class (``soft=false``) or the predicted probabilities (``soft=true
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from catdog.data.layouts import find_unlabelled
-from catdog.errors import ConfigError, DatasetError
+from catdog.errors import ConfigError, DatasetError, check_known_keys
 from catdog.runs.layout import csv_text, format_prob
 from catdog.submission import read_submission
 
@@ -31,11 +32,7 @@ def check_pseudo(pseudo) -> None:
     """``data.pseudo``'s keys and values (the files are read at setup)."""
     if pseudo is None:
         return
-    if not isinstance(pseudo, dict):
-        raise ConfigError(f"data.pseudo must be a mapping with keys {sorted(PSEUDO_DEFAULTS)}, got {pseudo!r}")
-    unknown = sorted(set(pseudo) - set(PSEUDO_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"data.pseudo has unknown key(s) {unknown}; known: {sorted(PSEUDO_DEFAULTS)}")
+    check_known_keys(pseudo, sorted(PSEUDO_DEFAULTS), "data.pseudo")
     p = complete_pseudo(pseudo)
     for key in ("labels", "images"):
         if p[key] is not None and not isinstance(p[key], str):
@@ -51,18 +48,21 @@ def check_pseudo(pseudo) -> None:
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """The test images that passed the threshold, and their targets (N, K): one-hot, or the predicted probabilities."""
+    """The test images that passed the threshold, and their targets (N, K): one-hot, or the predicted probabilities;
+    ``source`` and ``threshold`` as configured, ``candidates`` the number of predictions the file held."""
 
     paths: list[str]
     targets: np.ndarray
     soft: bool
     candidates: int
+    source: str
+    threshold: float
 
     def hard(self) -> list[int]:
         return [int(i) for i in self.targets.argmax(axis=1)]
 
     def subset(self, keep: list[int]) -> PseudoLabels:
-        return PseudoLabels([self.paths[i] for i in keep], self.targets[keep], self.soft, self.candidates)
+        return dataclasses.replace(self, paths=[self.paths[i] for i in keep], targets=self.targets[keep])
 
 
 def load_pseudo(pseudo: dict | None, root: Path, classes: list[str], labelled: list[str]) -> PseudoLabels | None:
@@ -90,18 +90,19 @@ def load_pseudo(pseudo: dict | None, root: Path, classes: list[str], labelled: l
     keep = np.flatnonzero(probs.max(axis=1) >= p["threshold"])
     probs = probs[keep]
     targets = probs if p["soft"] else np.eye(len(classes))[probs.argmax(axis=1)]
-    return PseudoLabels([paths[i] for i in keep], targets, bool(p["soft"]), len(ids))
+    return PseudoLabels(
+        [paths[i] for i in keep], targets, bool(p["soft"]), len(ids), str(p["labels"]), float(p["threshold"])
+    )
 
 
-def pseudo_record(pseudo: dict | None, used: PseudoLabels | None, classes: list[str]) -> dict | None:
+def pseudo_record(used: PseudoLabels | None, classes: list[str]) -> dict | None:
     """What the run record (``result.json``) says of the pseudo-labels: the source, the settings, how many were
     candidates and how many were used per class."""
     if used is None:
         return None
-    p = complete_pseudo(pseudo)
     hard = used.hard()
     return {
-        "labels": str(p["labels"]), "threshold": p["threshold"], "soft": used.soft, "candidates": used.candidates,
+        "labels": used.source, "threshold": used.threshold, "soft": used.soft, "candidates": used.candidates,
         "used": len(used.paths), "used_per_class": {c: hard.count(i) for i, c in enumerate(classes)},
     }  # fmt: skip
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from catdog.errors import ConfigError
+from catdog.errors import ConfigError, check_known_keys
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,10 +165,7 @@ def _augment_parameters() -> dict[str, inspect.Parameter]:
 
 def check_augment(augment: dict | None) -> None:
     """``data.augment``: only :func:`train_transform`'s settings."""
-    known = list(_augment_parameters())
-    unknown = sorted(set(augment or {}) - set(known))
-    if unknown:
-        raise ConfigError(f"data.augment has unknown key(s) {unknown}; known: {known}")
+    check_known_keys(augment, list(_augment_parameters()), "data.augment")
 
 
 def augment_settings(augment: dict | None) -> dict:

@@ -23,7 +23,7 @@ from catdog.data.transforms import (
     progressive_size,
 )
 from catdog.distributed import check_replicas, gather_predictions, note_ddp_parameters, rewrap_ddp
-from catdog.errors import CatdogError, ConfigError
+from catdog.errors import CatdogError, ConfigError, check_known_keys
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import checkpoint_temperature
 from catdog.models.networks import Classifier, build_network, format_count
@@ -58,9 +58,7 @@ def complete_finetune(finetune: dict | None) -> dict:
 def check_finetune(finetune: dict | None) -> None:
     """``model.finetune``: known keys, ``head_epochs`` >= 0, ``blocks`` >= -1, ``lr_factor`` > 0."""
     finetune = complete_finetune(finetune)
-    unknown = sorted(set(finetune) - set(NO_STAGES))
-    if unknown:
-        raise ConfigError(f"model.finetune has unknown key(s) {unknown}; known: {sorted(NO_STAGES)}")
+    check_known_keys(finetune, sorted(NO_STAGES), "model.finetune")
     head_epochs, blocks, factor = finetune["head_epochs"], finetune["blocks"], finetune["lr_factor"]
     if not isinstance(head_epochs, int) or head_epochs < 0:
         raise ConfigError(f"model.finetune.head_epochs must be an integer >= 0, got {head_epochs!r}")

@@ -277,7 +277,11 @@ def _common_prefix(names: list[str]) -> str:
 def stage_names(arch: str, image_size: int = 224) -> list[str]:
     """``arch``'s stages without building its weights (on the meta device where its builder allows)."""
     if is_timm(arch):
-        model = create_timm(arch, 2, None, 0.0, image_size)
+        try:
+            with torch.device("meta"):
+                model = create_timm(arch, 2, None, 0.0, image_size)
+        except Exception:  # noqa: BLE001 - a model whose init computes on real tensors
+            model = create_timm(arch, 2, None, 0.0, image_size)
         return [s.name for s in timm_stages(model, family(arch).head)]
     fam, kwargs = family(arch), _build_kwargs(arch, image_size, pretrained=False)
     try:

@@ -11,6 +11,7 @@ torchvision models.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 
 from torch import nn
@@ -37,9 +38,15 @@ def timm_name(arch: str) -> str:
     return arch[len(PREFIX) :]
 
 
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    return frozenset(_timm().list_models())
+
+
 def check_timm_arch(arch: str) -> str:
     """``timm/NAME`` where NAME is one of ``timm.list_models()``."""
-    names = _timm().list_models()
+    _timm()  # installed (a clear message if not), before the cached names
+    names = _timm_names()
     name = timm_name(arch)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
@@ -50,8 +57,14 @@ def check_timm_arch(arch: str) -> str:
     return arch
 
 
-def pretrained_cfg(arch: str) -> dict:
+@functools.cache
+def _pretrained_cfg(arch: str) -> dict:
     return _timm().models.get_pretrained_cfg(timm_name(check_timm_arch(arch))).to_dict()
+
+
+def pretrained_cfg(arch: str) -> dict:
+    """The model's pretrained config (looked up once per name; a copy)."""
+    return dict(_pretrained_cfg(arch))
 
 
 def timm_preprocessing(arch: str) -> dict:

@@ -58,8 +58,8 @@ def evaluation_pictures(
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     predicted = probs.argmax(axis=1)
-    counts = fg.confusion_counts(targets, predicted, len(classes))
-    pictures = {"confusion.png": fg.plot_confusion(counts, classes)}
+    report = class_report(probs, targets, classes)  # per-class figures and the confusion matrix
+    pictures = {"confusion.png": fg.plot_confusion(np.asarray(report["confusion"]), classes)}
     worst = fg.top_mistakes(probs, targets, MISTAKES)
     mistakes = [
         {
@@ -69,7 +69,7 @@ def evaluation_pictures(
         for i in worst
     ]  # fmt: skip
     pictures["mistakes.png"] = fg.plot_mistakes(mistakes)
-    numbers: dict = {"images": len(targets), "classes": list(classes), "confusion": counts.tolist()}
+    numbers: dict = {"images": len(targets), "classes": list(classes), **report}
     if temperature is None:
         curves = {applied or "as predicted": fg.reliability_data(probs, targets)}
     else:
@@ -88,7 +88,6 @@ def evaluation_pictures(
         if roc["auc"] is not None:
             pictures["roc.png"] = fg.plot_roc(roc, classes[1])
     numbers["accuracy"] = float((predicted == targets).mean()) if len(targets) else None
-    numbers.update(class_report(probs, targets, classes))
     numbers["mistakes"] = [{k: v for k, v in m.items() if k != "path"} for m in mistakes]
     return pictures, numbers
 

@@ -17,13 +17,6 @@ import numpy as np
 
 
 # ----- numbers -----------------------------------------------------------------------------------------------------
-def confusion_counts(targets: Sequence[int], predicted: Sequence[int], num_classes: int) -> np.ndarray:
-    """``counts[i, j]`` = images of true class ``i`` predicted as ``j``."""
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (np.asarray(targets, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
-    return counts
-
-
 def reliability_data(probs: np.ndarray, targets: Sequence[int], bins: int = 10) -> dict:
     """Top-label reliability: per confidence bin (equal width on [0, 1]) the mean confidence, the accuracy and the
     count, and the expected calibration error ``ECE = sum_b n_b / N * |acc_b - conf_b|``."""

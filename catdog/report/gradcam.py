@@ -25,6 +25,7 @@ from catdog.data.images import load_image
 from catdog.data.transforms import eval_resize_size, eval_transform, normalize
 from catdog.models.stages import family, family_of
 from catdog.models.timm_source import is_timm
+from catdog.report.figures import top_mistakes
 
 #: Families whose stage outputs are channels-last maps (B, h, w, C).
 CHANNELS_LAST = ("swin_transformer",)
@@ -109,8 +110,7 @@ def pick(probs: np.ndarray, targets: np.ndarray, mistakes: int = 8, per_class: i
     predictions of each class."""
     predicted = probs.argmax(axis=1)
     p_true = probs[np.arange(len(targets)), targets]
-    wrong = np.flatnonzero(predicted != targets)
-    rows = [int(i) for i in wrong[np.argsort(p_true[wrong], kind="stable")][:mistakes]]
+    rows = top_mistakes(probs, targets, mistakes)
     for c in range(probs.shape[1]):
         right = np.flatnonzero((predicted == targets) & (targets == c))
         rows += [int(i) for i in right[np.argsort(-p_true[right], kind="stable")][:per_class]]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catdog.metrics import confusion_counts
 from catdog.report import figures as fg
 from catdog.report.build import write_folder_report
 from catdog.training import train
@@ -55,7 +56,7 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     rows = [line.split(",") for line in (run / "oof.csv").read_text().splitlines()[1:]]
     probs = np.array([[float(r[3]), float(r[4])] for r in rows])
     targets = np.array([["cat", "dog"].index(r[1]) for r in rows])
-    assert numbers["confusion"] == fg.confusion_counts(targets, probs.argmax(1), 2).tolist()
+    assert numbers["confusion"] == confusion_counts(targets, probs.argmax(1), 2).tolist()
     assert sum(map(sum, numbers["confusion"])) == len(rows) == numbers["images"]
     assert numbers["auc"] == pytest.approx(fg.roc_data(probs[:, 1], targets == 1)["auc"])
     result = json.loads((run / "result.json").read_text())

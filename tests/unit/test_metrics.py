@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from catdog.metrics import accuracy, class_report, log_loss
+from catdog.metrics import accuracy, class_report, confusion_counts, log_loss
 
 
 def test_log_loss_matches_definition():
@@ -13,6 +13,11 @@ def test_log_loss_matches_definition():
     assert log_loss(probs, y) == pytest.approx(-(np.log(0.9) + np.log(0.8) + np.log(0.5)) / 3)
     assert accuracy(probs, y) == pytest.approx(2 / 3)  # the tie goes to class 0
     assert log_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([1])) == pytest.approx(-np.log(1e-15), rel=1e-6)
+
+
+def test_confusion_counts():
+    counts = confusion_counts([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 2], 3)
+    assert counts.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
 
 
 def test_class_report_counts_precision_recall_f1_and_the_confusion():

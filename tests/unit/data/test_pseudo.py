@@ -53,7 +53,7 @@ def test_only_confident_predictions_are_kept_with_hard_or_soft_targets(tmp_path)
     assert hard.targets.tolist() == [[0, 1], [1, 0]] and hard.candidates == 4
     soft = load_pseudo({"labels": str(labels), "threshold": 0.9, "soft": True}, root, CLASSES, [])
     np.testing.assert_allclose(soft.targets[:, 1], [0.99, 0.02, 0.9])
-    record = pseudo_record({"labels": str(labels), "threshold": 0.9}, soft, CLASSES)
+    record = pseudo_record(soft, CLASSES)
     assert record["used_per_class"] == {"cat": 1, "dog": 2} and record["used"] == 3 and record["candidates"] == 4
     assert load_pseudo(None, root, CLASSES, []) is None
 

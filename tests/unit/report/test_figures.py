@@ -6,11 +6,6 @@ import pytest
 from catdog.report import figures as fg
 
 
-def test_confusion_counts():
-    counts = fg.confusion_counts([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 2], 3)
-    assert counts.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
-
-
 def test_ece_of_a_hand_computed_case():
     # confidences 0.92 (correct), 0.92 (wrong), 0.65 (correct), 0.75 (correct) in 10 bins: bin [0.9, 1.0) has conf
     # 0.92, acc 0.5; bin [0.6, 0.7): 0.65 / 1.0; bin [0.7, 0.8): 0.75 / 1.0.
