@@ -6,6 +6,7 @@ a weights file or random initialization, and split into the stages that staged f
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
@@ -264,8 +265,11 @@ def timm_stages(model: nn.Module, head: str) -> list[Stage]:
 
 
 def _common_prefix(names: list[str]) -> str:
-    """The longest dotted module path every name is under (``stages.2`` for ``stages.2.blocks.0.conv.weight``...)."""
-    parts = [n.split(".")[:-1] for n in names]
+    """The module a group of parameters is: the longest dotted path shared by the parameters under the group's main
+    top-level module (``stages.2`` for ``stages.2.blocks.0.conv.weight``...; ``blocks.11`` for a ViT's last group,
+    which also holds the final ``norm``)."""
+    top = Counter(n.split(".")[0] for n in names).most_common(1)[0][0]
+    parts = [n.split(".")[:-1] for n in names if n.split(".")[0] == top]
     common = []
     for level in zip(*parts):
         if len(set(level)) != 1:

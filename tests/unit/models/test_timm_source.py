@@ -11,6 +11,7 @@ from catdog.errors import ConfigError, WeightsUnavailableError
 from catdog.models.networks import build_network, stage_names
 from catdog.models.stages import check_arch, fixed_input_size
 from catdog.models.weights import eval_preprocessing
+from catdog.report.gradcam import target_layer
 from tests.conftest import extra_marks
 
 pytestmark = extra_marks("timm", "timm")
@@ -40,6 +41,8 @@ def test_preprocessing_and_input_size_come_from_the_pretrained_config():
     assert fixed_input_size("timm/vit_tiny_patch16_224") and not fixed_input_size("timm/resnet10t")
     vit = build_network("timm/vit_tiny_patch16_224", 2, None, "native", 16, 0.1, image_size=32)
     assert vit(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    # the last group also holds the final norm: the stage is still the last block, which Grad-CAM explains
+    assert vit.stages()[-1].name == "blocks.11" and target_layer(vit) is vit.model.blocks[11]
 
 
 def test_names_weights_files_and_the_offline_message(tmp_path, monkeypatch):
