@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
 
-from catdog.builders import build_trainer
+from catdog.builders import build_probe_trainer
 from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
@@ -194,12 +194,13 @@ def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tu
                 validate = size == configured[0] and val_batches > 0  # validation runs at the configured size
                 hp.image_size, hp.progressive = size, None
                 clock = _BatchClock(device)
-                probe_trainer = build_trainer(
-                    cfg, callbacks=[clock], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, max_epochs=1, limit_train_batches=WARMUP_STEPS + TIMED_STEPS,
+                probe_trainer = build_probe_trainer(
+                    cfg,
+                    clock,
+                    max_epochs=1,
+                    limit_train_batches=WARMUP_STEPS + TIMED_STEPS,
                     limit_val_batches=min(val_batches, VAL_WARMUP + VAL_BATCHES) if validate else 0,
-                    num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto",
-                )  # fmt: skip
+                )
                 probe = copy.deepcopy(model)
                 probe_trainer.fit(probe, datamodule=datamodule)
                 step_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)

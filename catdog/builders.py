@@ -123,3 +123,13 @@ def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
     # trainer.budget_minutes is catdog's (catdog.budget), not a Trainer argument
     trainer_cfg = {k: v for k, v in plain(cfg.trainer).items() if k != "budget_minutes"}
     return hydra.utils.instantiate(trainer_cfg, **{**kwargs, **overrides})
+
+
+def build_probe_trainer(cfg: DictConfig, callback: pl.Callback, **overrides) -> pl.Trainer:
+    """A Trainer like the run's for a short probe inside this process (the budget's step timing, the range test):
+    one process of the run's device, ``callback`` its only callback, no logger, checkpoint, progress bar, model
+    summary or sanity check; ``overrides`` set the rest (its length, validation batches)."""
+    return build_trainer(
+        cfg, callbacks=[callback], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, devices=1, num_nodes=1, strategy="auto", **overrides,
+    )  # fmt: skip

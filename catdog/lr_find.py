@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from catdog.builders import build_datamodule, build_model, build_trainer
+from catdog.builders import build_datamodule, build_model, build_probe_trainer
 from catdog.distributed import externally_launched
 from catdog.errors import ConfigError, check_known_keys
 from catdog.fileio import atomic_open
@@ -196,12 +196,14 @@ def lr_find(cfg: DictConfig) -> dict:
     probe = LRRangeTest(lrs, settings["stop_factor"])
     # Epochs of the first stage only: the head's epochs with staged fine-tuning, else as many as the steps need.
     head_epochs = int((run_cfg.model.get("finetune") or {}).get("head_epochs") or 0)
-    trainer = build_trainer(
-        run_cfg, callbacks=[probe], logger=False, devices=1, num_nodes=1, strategy="auto",
+    trainer = build_probe_trainer(
+        run_cfg,
+        probe,
         max_epochs=head_epochs if head_epochs > 0 else -1,
-        max_steps=settings["steps"], limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir),
-    )  # fmt: skip
+        max_steps=settings["steps"],
+        limit_val_batches=0,
+        default_root_dir=str(out_dir),
+    )
     trainer.fit(model, datamodule=datamodule)
     steps = len(probe.raw)
     if probe.diverged:
