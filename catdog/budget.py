@@ -9,6 +9,18 @@ calibration and the time already spent since the run started, fits in the budget
 of the run (``data.progressive.epochs`` scaled with the number of epochs), so the one-cycle schedule and the size
 ramp keep their shape. The plan is logged and saved in the checkpoints (``run_settings``): a resumed run keeps it
 instead of measuring again.
+
+What the estimate counts: every training batch (with ``trainer.accumulate_grad_batches=k`` an optimizer step every
+k batches, the batch timed as such), the first steps at each size that run slower than the rest (allocations, kernel
+choice and, with ``model.compile=true``, compilation: the probe's warm-up steps' excess over the steady state), a
+validation pass per epoch and the final scoring. It leaves out DDP's gradient all-reduce: the probe runs on one
+process. A budget too short for one epoch trains one epoch, with a warning that gives the estimate. As a backstop,
+the Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget (Lightning's ``Timer``),
+unless ``trainer.max_time`` is set.
+
+A k-fold run (``data.folds=K``) gives the budget to each fold: the first fold plans, every later fold (also in a
+resumed run) trains the first fold's plan, so the K members share one schedule and the whole run takes about K times
+the budget.
 """
 
 from __future__ import annotations
@@ -24,10 +36,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.callbacks import Timer
 
 from catdog.builders import build_probe_trainer
 from catdog.data.transforms import progressive_size
@@ -51,6 +65,8 @@ VAL_BATCHES = 6
 FINAL_OVERHEAD_S = 15.0
 #: Share of the budget planned for: the estimate's own error and the per-epoch bookkeeping come out of the rest.
 SAFETY = 0.97
+#: The Trainer stops at the end of the first epoch that ends past this share of the budget (the estimate's error).
+BACKSTOP = 1.05
 
 
 def check_budget(cfg: DictConfig) -> float | None:
@@ -92,23 +108,33 @@ class Timings:
     image_size: int
     progressive: dict | None
     base_epochs: int | None
+    #: the one-time extra cost of the first steps at each size (warm-up, compilation), seconds
+    first_s: dict[int, float] | None = None
 
     def ramp(self, epochs: int) -> dict | None:
         return scaled_progressive(self.progressive, epochs, self.base_epochs)
 
     def estimate_s(self, epochs: int) -> float:
-        """Seconds an ``epochs`` run takes: every epoch's steps at its size, a validation pass per epoch, and the
-        final scoring (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
+        """Seconds an ``epochs`` run takes: every epoch's steps at its size, the first steps' extra cost once per
+        size, a validation pass per epoch, and the final scoring (one more validation pass and
+        :data:`FINAL_OVERHEAD_S`)."""
         ramp = self.ramp(epochs)
-        steps = sum(self.step_s[progressive_size(e, self.image_size, ramp)] for e in range(epochs))
-        return self.steps_per_epoch * steps + (epochs + 1) * self.val_s + FINAL_OVERHEAD_S
+        sizes = [progressive_size(e, self.image_size, ramp) for e in range(epochs)]
+        steps = sum(self.step_s[size] for size in sizes)
+        first = sum((self.first_s or {}).get(size, 0.0) for size in set(sizes))
+        return self.steps_per_epoch * steps + first + (epochs + 1) * self.val_s + FINAL_OVERHEAD_S
 
 
 def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: int = 10_000) -> dict:
     """The largest number of epochs (at least 1) whose :meth:`Timings.estimate_s` fits in
-    ``SAFETY x budget_s - spent_s``."""
+    ``SAFETY x budget_s - spent_s``; one epoch, with a warning giving its estimate, when not even one fits."""
     left = SAFETY * budget_s - spent_s
     best, best_s = 1, timings.estimate_s(1)
+    if best_s > left:
+        log.warning(
+            "trainer.budget_minutes=%g is too short for one epoch: it is estimated at %.1f min (%.1f min already "
+            "spent): training 1 epoch", budget_s / 60, best_s / 60, spent_s / 60,
+        )  # fmt: skip
     for epochs in range(2, max_epochs + 1):
         estimate = timings.estimate_s(epochs)
         if estimate > left:
@@ -120,8 +146,20 @@ def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: i
         "estimate_s": round(spent_s + best_s, 1),
         "budget_s": round(budget_s, 1),
         "step_s": {str(k): round(v, 4) for k, v in sorted(timings.step_s.items())},  # as JSON and checkpoints keep it
+        "first_s": {str(k): round(v, 2) for k, v in sorted((timings.first_s or {}).items())},
         "val_s": round(timings.val_s, 2),
     }
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What :func:`measure` found: seconds per training batch and the warm-up's extra seconds at each size, seconds
+    of one validation pass, and the training batches of an epoch (this process's share)."""
+
+    step_s: dict[int, float]
+    first_s: dict[int, float]
+    val_s: float
+    batches: int
 
 
 def _sync(device: torch.device) -> None:
@@ -153,11 +191,16 @@ class _BatchClock(pl.Callback):
         self._mark(self.val_marks)
 
 
-def _step_seconds(marks: list[float], warmup: int) -> float:
-    """The median time per step after ``warmup`` steps (the first steps at a size allocate and pick kernels)."""
+def _step_seconds(marks: list[float], warmup: int) -> tuple[float, float]:
+    """(the median time per step after ``warmup`` steps, the warm-up steps' excess over that median): the first
+    steps at a size allocate, pick kernels and, with ``model.compile``, compile; a real run pays that once per
+    size."""
     gaps = [b - a for a, b in zip(marks, marks[1:])]
-    gaps = gaps[min(warmup, len(gaps) - 1) :]  # a loader shorter than the warm-up: its last step
-    return statistics.median(gaps) if gaps else float("nan")
+    start = min(warmup, len(gaps) - 1)  # a loader shorter than the warm-up: its last step
+    if start < 0:
+        return float("nan"), 0.0
+    median = statistics.median(gaps[start:])
+    return median, max(0.0, sum(gaps[:start]) - start * median)
 
 
 @contextlib.contextmanager
@@ -176,18 +219,18 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tuple[dict[int, float], float, int]:
-    """(seconds per training step at each of ``sizes``, seconds of one validation pass, training steps per epoch).
-    Each size is timed in a short fit of a copy of ``model`` by a Trainer built like the run's (its data pipeline,
-    optimizer and precision on one process of the run's device), so that the step is the one Lightning will run;
-    the global random state and the datamodule's sizes are restored."""
+def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> Measured:
+    """What a step, its warm-up and a validation pass cost at each of ``sizes``, and the training batches of an
+    epoch. Each size is timed in a short fit of a copy of ``model`` by a Trainer built like the run's (its data
+    pipeline, optimizer, gradient accumulation and precision on one process of the run's device), so that the step
+    is the one Lightning will run; the global random state and the datamodule's sizes are restored."""
     device = trainer.strategy.root_device
     datamodule.trainer = trainer  # the loaders take the device, rank and epoch from it
     steps_per_epoch = len(datamodule.train_dataloader())
     val_batches = len(datamodule.val_dataloader())
     hp = datamodule.hparams
     configured = (hp.image_size, hp.progressive)
-    step_s, val_s = {}, 0.0
+    step_s, first_s, val_s = {}, {}, 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _quiet():
         try:
             for size in sizes:
@@ -203,15 +246,15 @@ def measure(cfg: DictConfig, trainer, model, datamodule, sizes: list[int]) -> tu
                 )
                 probe = copy.deepcopy(model)
                 probe_trainer.fit(probe, datamodule=datamodule)
-                step_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)
+                step_s[size], first_s[size] = _step_seconds(clock.marks, WARMUP_STEPS)
                 if validate:
-                    per_batch = _step_seconds(clock.val_marks, VAL_WARMUP)
+                    per_batch = _step_seconds(clock.val_marks, VAL_WARMUP)[0]
                     val_s = per_batch * val_batches if math.isfinite(per_batch) else 0.0
                 del probe, probe_trainer
         finally:
             hp.image_size, hp.progressive = configured
             datamodule.trainer = trainer
-    return step_s, val_s, steps_per_epoch
+    return Measured(step_s, first_s, val_s, steps_per_epoch)
 
 
 def apply_plan(cfg, trainer, datamodule, plan: dict) -> None:
@@ -243,10 +286,13 @@ def candidate_sizes(image_size: int, progressive: dict | None) -> list[int]:
     return sorted({start, image_size, *inner})
 
 
-def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None, started: float) -> dict | None:
+def fit_to_budget(
+    cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None, started: float, given: dict | None = None
+) -> dict | None:
     """With ``trainer.budget_minutes``: the plan of this run (a resumed run's own, from its checkpoint ``ckpt``;
-    rank zero's, in the other processes of a distributed run; else measured now), applied to ``cfg``, ``trainer``
-    and ``datamodule``. ``started``: when the run started (``time.time()``), counted against the budget."""
+    ``given``, a k-fold run's first fold's plan for a later fold; rank zero's, in the other processes of a distributed
+    run; else measured now), applied to ``cfg``, ``trainer`` and ``datamodule``, with the backstop
+    (:func:`add_backstop`). ``started``: when the run started (``time.time()``), counted against the budget."""
     budget = cfg.trainer.get("budget_minutes")  # checked by check_budget
     if budget is None:
         return None
@@ -254,6 +300,9 @@ def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None
     plan = ((ckpt or {}).get(RUN_SETTINGS_KEY) or {}).get(PLAN_KEY)
     if plan is not None:
         log.info("resuming with the run's own plan: %s", describe(plan))
+    elif given is not None:
+        plan = given
+        log.info("the k-fold run's first fold's plan: %s", describe(plan))
     elif secondary_rank():
         raw = os.environ.get(PLAN_ENV)
         if raw is None:
@@ -263,23 +312,54 @@ def fit_to_budget(cfg: DictConfig, trainer, model, datamodule, ckpt: dict | None
             )
         plan = json.loads(raw)
     else:
-        hp = datamodule.hparams
-        sizes = candidate_sizes(hp.image_size, hp.progressive)
-        step_s, val_s, steps_per_epoch = measure(cfg, trainer, model, datamodule, sizes)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the measured copy of the model is gone
-        if not all(math.isfinite(v) for v in step_s.values()):
-            raise ConfigError(
-                f"trainer.budget_minutes: too few training batches to time a step ({step_s}); set trainer.max_epochs"
-            )
-        steps = steps_per_epoch // max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1))
-        base = cfg.trainer.get("max_epochs")
-        timings = Timings(
-            step_s, max(1, steps), val_s, hp.image_size, hp.progressive,
-            base if isinstance(base, int) and base > 0 else None,
-        )  # fmt: skip
-        plan = plan_epochs(budget * 60, time.time() - started, timings)
-        os.environ[PLAN_ENV] = json.dumps(plan)
-        log.info("%s", describe(plan))
+        plan = _measured_plan(cfg, trainer, model, datamodule, budget * 60, started)
     apply_plan(cfg, trainer, datamodule, plan)
+    add_backstop(cfg, trainer, plan, time.time() - started)
     return plan
+
+
+def _measured_plan(cfg: DictConfig, trainer, model, datamodule, budget_s: float, started: float) -> dict:
+    hp = datamodule.hparams
+    measured = measure(cfg, trainer, model, datamodule, candidate_sizes(hp.image_size, hp.progressive))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the measured copy of the model is gone
+    if not all(math.isfinite(v) for v in measured.step_s.values()):
+        raise ConfigError(
+            f"trainer.budget_minutes: too few training batches to time a step ({measured.step_s}); set "
+            "trainer.max_epochs"
+        )
+    base = cfg.trainer.get("max_epochs")
+    timings = Timings(
+        measured.step_s, max(1, measured.batches), measured.val_s, hp.image_size, hp.progressive,
+        base if isinstance(base, int) and base > 0 else None, measured.first_s,
+    )  # fmt: skip
+    plan = plan_epochs(budget_s, time.time() - started, timings)
+    os.environ[PLAN_ENV] = json.dumps(plan)
+    log.info("%s", describe(plan))
+    if world_size(cfg) > 1:
+        log.info("the estimate leaves out the gradient all-reduce between the %d processes", world_size(cfg))
+    return plan
+
+
+def backstop_s(plan: dict, spent_s: float) -> float:
+    """Seconds of training (Lightning's ``Timer`` counts from the fit's start) after which the run stops at the end
+    of the epoch: :data:`BACKSTOP` x the budget, less the time spent before the fit and the final scoring (one
+    validation pass and :data:`FINAL_OVERHEAD_S`)."""
+    final_s = float(plan.get("val_s", 0.0)) + FINAL_OVERHEAD_S
+    return max(1.0, BACKSTOP * float(plan["budget_s"]) - spent_s - final_s)
+
+
+def add_backstop(cfg: DictConfig, trainer, plan: dict, spent_s: float) -> Timer | None:
+    """A ``Timer`` callback on ``trainer`` that ends the fit at the end of the first epoch that ends past
+    :func:`backstop_s` (none when ``trainer.max_time`` is set: the user's limit holds). A resumed run's Timer
+    continues from the training time its checkpoint recorded."""
+    if cfg.trainer.get("max_time") is not None:
+        return None
+    seconds = backstop_s(plan, spent_s)
+    timer = Timer(duration=timedelta(seconds=seconds), interval="epoch", verbose=True)
+    trainer.callbacks.append(timer)
+    log.info(
+        "backstop: the fit stops at the end of the first epoch that ends %.1f min into training (%.0f %% of the "
+        "budget, less the time spent before it and the final scoring)", seconds / 60, BACKSTOP * 100,
+    )  # fmt: skip
+    return timer

@@ -77,10 +77,13 @@ def data_record(datamodule) -> dict:
     return record
 
 
-def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path | None = None) -> dict:
+def fit_one(
+    cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path | None = None, plan: dict | None = None
+) -> dict:
     """Train one model (one fold, or the single split) in ``cfg.paths.output_dir``; return its result record.
     ``record``: the configuration to save as the folder's ``.hydra`` record once the run is accepted; ``resume_dir``:
-    the folder a resume command names (a k-fold run's root; default the output folder)."""
+    the folder a resume command names (a k-fold run's root; default the output folder); ``plan``: the time budget's
+    plan to train (a k-fold run's first fold's) instead of measuring one."""
     out_dir = Path(cfg.paths.output_dir)
     if (out_dir / RESULT_NAME).is_file():
         raise ConfigError(f"{out_dir} already holds a finished run ({RESULT_NAME}); use a new output folder")
@@ -96,7 +99,7 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
     resume = resume_path(cfg, out_dir)
     ckpt = read_checkpoint(resume) if resume else None
     source = checkpoint_run(resume) if resume else None
-    plan = fit_to_budget(cfg, trainer, model, datamodule, ckpt, start)  # before the checks: it sets max_epochs
+    plan = fit_to_budget(cfg, trainer, model, datamodule, ckpt, start, plan)  # before the checks: sets max_epochs
     if resume:
         check_resume(resume, ckpt, model, cfg)
         check_same_split(resume, source, out_dir, split)
@@ -126,6 +129,11 @@ def fit_one(cfg: DictConfig, record: DictConfig | None = None, resume_dir: Path 
             log.warning("interrupted; to resume, run:\n  %s", resume_command(resume_dir or out_dir, seed=cfg.seed))
         raise
     fit_time = time.time() - fit_start
+    if plan and not trainer.interrupted and trainer.current_epoch < plan["max_epochs"]:
+        log.warning(
+            "the time budget's backstop stopped training after %d of the %d planned epochs: the plan underestimated "
+            "this machine's epochs", trainer.current_epoch, plan["max_epochs"],
+        )  # fmt: skip
 
     ckpt_cb = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # the best one (not last.ckpt's)
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None

@@ -14,7 +14,7 @@ from catdog.distributed import is_writer
 from catdog.ensemble import finalize_ensemble
 from catdog.fit import fit_one
 from catdog.report.build import safe_report, write_kfold_report
-from catdog.runs.layout import RESULT_NAME, fold_dir, save_config_record
+from catdog.runs.layout import RESULT_NAME, fold_dir, read_json, save_config_record
 from catdog.runs.resume import check_kfold_settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,12 @@ def train_kfold(cfg: DictConfig) -> dict:
     check_kfold_settings(cfg, run_dir, write=writer)
     if writer:
         save_config_record(cfg, run_dir)
+    if cfg.trainer.get("budget_minutes") is not None:
+        log.info(
+            "trainer.budget_minutes=%g is each fold's budget (%d folds: about %g min in all); the first fold plans "
+            "the epochs and every fold trains that plan", cfg.trainer.budget_minutes, cfg.data.folds,
+            cfg.trainer.budget_minutes * cfg.data.folds,
+        )  # fmt: skip
     for fold in range(cfg.data.folds):
         folder = fold_dir(run_dir, fold)
         if (folder / RESULT_NAME).is_file():
@@ -39,10 +45,15 @@ def train_kfold(cfg: DictConfig) -> dict:
             fold_cfg.paths.output_dir = str(folder)
             fold_cfg.ckpt_path = None
         log.info("training fold %d of %d in %s", fold + 1, cfg.data.folds, folder)
-        fit_one(fold_cfg, resume_dir=run_dir)
+        fit_one(fold_cfg, resume_dir=run_dir, plan=first_fold_plan(run_dir) if fold > 0 else None)
     if not writer:
         return None
     summary = finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
     if cfg.get("report", True):
         safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
     return summary
+
+
+def first_fold_plan(run_dir: Path) -> dict | None:
+    """The time budget's plan the first fold trained (its ``result.json``), for the later folds; None without."""
+    return (read_json(fold_dir(run_dir, 0) / RESULT_NAME) or {}).get("budget_plan")

@@ -8,10 +8,11 @@ training loss is recorded, smoothed, until it exceeds ``stop_factor`` times its 
 (with ``model.finetune.head_epochs`` > 0: the head alone, for at most those epochs), the stage the range test is about;
 Lightning's own finder is not used because it breaks with staged fine-tuning callbacks and under DDP.
 
-The suggestion is fastai's "valley" (a point half-way down the longest fall of the smoothed loss); the steepest fall
-and the lowest loss are recorded beside it. Writes ``lr_find.json`` (the curve, the suggestions and the command line
-that uses the first) and ``lr_find.png`` into the run
-folder; no checkpoint, no logger output, no ``result.json`` (so ``ckpt=latest`` never picks it).
+The suggestion is fastai's "valley" (a point half-way down the longest fall of the smoothed loss, leaving out the
+first tenth of the curve and its last 5 points); the steepest fall and the lowest loss are recorded beside it. Where
+the loss never falls there is no suggestion, and no command: ``no_suggestion`` says why. Writes ``lr_find.json`` (the
+curve, the suggestions and the command line that uses the first) and ``lr_find.png`` into the run folder; no
+checkpoint, no logger output, no ``result.json`` (so ``ckpt=latest`` never picks it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ TUNE_MODES = (None, "lr_find")
 LR_FIND_DEFAULTS = {"min_lr": 1e-6, "max_lr": 1.0, "steps": 100, "stop_factor": 4.0}
 #: Exponential smoothing of the loss (fastai's and Lightning's 0.98).
 BETA = 0.98
+#: Points at the end of the curve the valley leaves out, where the loss blows up (fastai's 5).
+SKIP_END = 5
+#: The fewest points the valley is looked for in.
+MIN_POINTS = 10
 
 
 def check_tune(cfg: DictConfig) -> None:
@@ -80,22 +85,38 @@ def smooth(losses: list[float], beta: float = BETA) -> list[float]:
 
 
 def valley(lrs: list[float], losses: list[float]) -> float | None:
-    """fastai's "valley" suggestion: the longest decreasing subsequence of the smoothed loss, and a point a half of
-    the way down it (robust to a noisy start and to a minimum that is only noise); None for fewer than 10 points."""
-    losses = [v if math.isfinite(v) else math.inf for v in losses]
-    n = len(losses)
-    if n < 10:
+    """fastai's "valley" suggestion: the longest decreasing subsequence of the smoothed loss and a point half-way down
+    it (robust to a noisy start and to a minimum that is only noise), on the curve without its first tenth
+    (:func:`_skip`) and its last ``SKIP_END`` points, cut at its first loss that is not finite. None for fewer than
+    ``MIN_POINTS`` points, and when no point there is lower than an earlier one (no falling stretch)."""
+    if len(losses) < MIN_POINTS:
         return None
-    longest = [1] * n
-    start = end = 0
-    for i in range(1, n):
+    skip = _skip(losses)
+    kept = [float(v) for v in losses[skip : len(losses) - SKIP_END]]
+    kept = kept[: next((i for i, v in enumerate(kept) if not math.isfinite(v)), len(kept))]
+    longest = [1] * len(kept)  # longest[i]: the longest decreasing subsequence that ends at point i
+    end = 0
+    for i in range(1, len(kept)):
         for j in range(i):
-            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+            if kept[i] < kept[j] and longest[i] < longest[j] + 1:
                 longest[i] = longest[j] + 1
         if longest[end] < longest[i]:
-            end, start = i, i - longest[i]
+            end = i
+    if not kept or longest[end] < 2:
+        return None
+    start = end - longest[end] + 1  # as many points back as the subsequence holds
     third = (end - start) / 3
-    return float(lrs[start + int(third) + int(third / 2)])
+    return float(lrs[skip + start + int(third) + int(third / 2)])
+
+
+def no_suggestion(losses: list[float]) -> str:
+    """Why :func:`valley` suggests nothing for this curve."""
+    if len(losses) < MIN_POINTS:
+        return f"{len(losses)} steps are too few to tell (the valley needs {MIN_POINTS})"
+    return (
+        f"the smoothed loss never falls (after the first tenth of the curve, before its last {SKIP_END} points): "
+        "every learning rate tested may be too large; try a lower lr_find.min_lr"
+    )
 
 
 def _skip(losses) -> int:
@@ -217,6 +238,7 @@ def lr_find(cfg: DictConfig) -> dict:
     record = {
         "stage": probe.stage, "steps_run": steps, "stopped": stopped, "lrs": tested, "losses": probe.smoothed,
         "raw_losses": probe.raw, "suggestion": suggestion,
+        "no_suggestion": no_suggestion(probe.smoothed) if suggestion is None else None,
         "steepest": steepest(tested, probe.smoothed),
         "min_loss_lr": lowest(tested, probe.smoothed),
         "configured_lr": float(cfg.model.optimizer.lr), **{k: settings[k] for k in LR_FIND_DEFAULTS},
@@ -227,12 +249,19 @@ def lr_find(cfg: DictConfig) -> dict:
         f.write(plot_lr_find(tested, probe.smoothed, probe.raw, suggestion))
     log.info("lr_find: %d steps (%s) of %s; curve in %s", steps, stopped, probe.stage, out_dir / LR_FIND_PNG)
     if suggestion is None:
-        print(f"lr_find: no suggestion ({steps} steps are too few to tell); see {out_dir / LR_FIND_PNG}")
-    else:
-        print(
-            f"lr_find: suggested model.optimizer.lr={suggestion:.3g} (fastai's valley; steepest fall at "
-            f"{_lr(record['steepest'])}, lowest loss at {_lr(record['min_loss_lr'])}; configured "
-            f"{record['configured_lr']:.3g}). To train with it:\n"
-            f"  {record['command']}"
-        )
+        log.warning("lr_find: no suggestion: %s", record["no_suggestion"])
+    print(summary(record, out_dir / LR_FIND_PNG))
     return record
+
+
+def summary(record: dict, png: Path | str) -> str:
+    """What ``lr_find`` prints of its record: the suggestion and the train command that uses it, or why there is
+    none (and then no command)."""
+    if record["suggestion"] is None:
+        return f"lr_find: no suggestion ({record['no_suggestion']}); see the curve in {png}"
+    return (
+        f"lr_find: suggested model.optimizer.lr={record['suggestion']:.3g} (fastai's valley; steepest fall at "
+        f"{_lr(record['steepest'])}, lowest loss at {_lr(record['min_loss_lr'])}; configured "
+        f"{record['configured_lr']:.3g}). To train with it:\n"
+        f"  {record['command']}"
+    )

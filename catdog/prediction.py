@@ -152,6 +152,7 @@ def predict(cfg: DictConfig):
         output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
     members, blend, blend_path = _choose_members(cfg, outputs["predictions"] if cfg.labelled else output)
+    applied = blend.announce(mode, tta, views) if blend is not None else None
     model = load_classifier(members[0])
     classes = model.classes
     log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
@@ -205,13 +206,13 @@ def predict(cfg: DictConfig):
             probs, targets, kept_ids, classes, tta, outputs, temperatures, source, members, kept, cfg.overwrite
         )
         if blend is not None:
-            _write_blend(blend_path, blend, outputs["predictions"], tta, cfg.overwrite)
+            _write_blend(blend_path, blend, outputs["predictions"], tta, applied, cfg.overwrite)
         return result
     path = write_submission(output, kept_ids, probs, classes, overwrite=cfg.overwrite)
     log.info("wrote %d predictions (%d member(s), tta=%d) to %s", len(kept_ids), len(members), tta, path)
     print(f"wrote {path}")
     if blend is not None:
-        _write_blend(blend_path, blend, path, tta, cfg.overwrite)
+        _write_blend(blend_path, blend, path, tta, applied, cfg.overwrite)
     return path
 
 
@@ -228,10 +229,11 @@ def _input_images(cfg: DictConfig, model, source: Path, classes) -> tuple[list[s
             return images.paths, images.labels, row_ids(images.paths, root)
         given = plain(OmegaConf.select(cfg, "data.csv_columns")) or {}
         columns = {**(model.datamodule_hparams.get("csv_columns") or {}), **{k: v for k, v in given.items() if v}}
+        outside = bool(OmegaConf.select(cfg, "data.csv_outside_dir", default=False))
         if cfg.labelled:
-            images = read_csv_dataset(source, root, columns, classes).images
+            images = read_csv_dataset(source, root, columns, classes, outside_dir=outside).images
             return images.paths, images.labels, [Path(os.path.relpath(p, root)).as_posix() for p in images.paths]
-        paths, ids = read_csv_images(source, root, columns)
+        paths, ids = read_csv_images(source, root, columns, outside_dir=outside)
         return paths, None, ids
     if cfg.labelled:
         images = read_labelled(source, classes=classes)
@@ -265,9 +267,9 @@ def _per_run(member_probs: list[np.ndarray], blend: Blend, mode: str) -> list[np
     return out
 
 
-def _write_blend(path: Path, blend: Blend, predictions: Path, tta: int, overwrite: bool) -> None:
-    """``blend.json`` beside the predictions it made."""
-    record = {**blend.record, "predictions": str(predictions), "tta": tta}
+def _write_blend(path: Path, blend: Blend, predictions: Path, tta: int, applied: str, overwrite: bool) -> None:
+    """``blend.json`` beside the predictions it made, with what the blend was applied to (:meth:`Blend.announce`)."""
+    record = {**blend.record, "predictions": str(predictions), "tta": tta, "applied_to": applied}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n", overwrite=overwrite)
     print(f"wrote {path}")
 
@@ -347,7 +349,7 @@ def _report(
     ]  # fmt: skip
     safe_report(
         "evaluation", write_evaluation_report, outputs["html"].with_suffix(""), outputs["html"], probs, targets,
-        classes, ids, paths, f"Evaluation of {source}", summary, f"as predicted (T: {calibrated})", members[0],
+        classes, ids, paths, f"Evaluation of {source}", summary, f"as predicted (T: {calibrated})", members,
     )  # fmt: skip
     print(f"wrote {outputs['predictions']}, {outputs['md'].name}, {outputs['json'].name} and {outputs['html'].name}")
     return scores

@@ -12,12 +12,13 @@ import random
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from catdog.averaging import check_averaging
 from catdog.blending import check_blend
 from catdog.budget import check_budget
 from catdog.builders import resolve_preprocessing
+from catdog.data.csv_data import check_outside_dir
 from catdog.data.datamodule import check_data_config, check_policy
 from catdog.data.decode import check_decoder
 from catdog.data.transforms import complete_mixing
@@ -62,6 +63,7 @@ def check_train_config(cfg: DictConfig) -> None:
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
         cache=d.get("cache", False), pseudo=plain(d.get("pseudo")), exclude=d.get("exclude"),
         csv=d.get("csv"), csv_columns=plain(d.get("csv_columns")), sampler=d.get("sampler"),
+        csv_outside_dir=d.get("csv_outside_dir", False),
     )  # fmt: skip
 
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
@@ -84,7 +86,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "data.pseudo.soft=true cannot be combined with model.mixing (MixUp / CutMix take class indices): set "
             "data.pseudo.soft=false or turn mixing off"
         )
-    check_class_weights(plain(m.get("class_weights")))
+    check_class_weights(plain(m.get("class_weights")), d.get("sampler"))
     check_averaging(cfg)
     check_loggers(cfg)
     check_tune(cfg)
@@ -110,6 +112,7 @@ def check_predict_config(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
     autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
     check_decoder(cfg.get("decoder", "auto"))
+    check_outside_dir(OmegaConf.select(cfg, "data.csv_outside_dir", default=False))
 
 
 def check_export_config(cfg: DictConfig) -> None:

@@ -8,10 +8,13 @@ which replaces the random validation split of a single run. Other columns are ig
 
 Classes are the sorted label values (integers sorted as numbers, so ``2`` comes before ``10``). A file that names no
 image, a label missing from a row, an unknown split value or fold, and an image listed twice are errors naming the
-file, the column and the first few rows at fault.
+file, the column and the first few rows at fault. So is a row naming an image outside ``data.dir``, symlinks followed
+(``../x.png``, an absolute path elsewhere, a link under ``data.dir`` that leads out of it), unless
+``data.csv_outside_dir=true``.
 
 ``predict.py input=IDS.csv`` reads the image column the same way (the ids of the submission are the values as
-written), and with ``labelled=true`` scores the labels of the label column.
+written), and with ``labelled=true`` scores the labels of the label column; the images must lie under its ``data.dir``
+in the same way.
 """
 
 from __future__ import annotations
@@ -29,14 +32,25 @@ CSV_COLUMNS = {"image": "image", "label": "label", "fold": "fold", "split": "spl
 SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
 #: How many offending rows an error lists.
 SHOWN = 3
+#: The key that lets rows name images outside data.dir.
+OUTSIDE_KEY = "data.csv_outside_dir"
 
 
 def complete_columns(columns: dict | None) -> dict:
     return {**CSV_COLUMNS, **(columns or {})}
 
 
-def check_csv_config(path, columns) -> None:
-    """``data.csv`` (null or an existing file) and ``data.csv_columns`` (known keys, non-empty names)."""
+def check_outside_dir(value) -> bool:
+    """``data.csv_outside_dir``: true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{OUTSIDE_KEY} must be true or false, got {value!r}")
+    return value
+
+
+def check_csv_config(path, columns, outside_dir=False) -> None:
+    """``data.csv`` (null or an existing file), ``data.csv_columns`` (known keys, non-empty names) and
+    ``data.csv_outside_dir`` (true or false)."""
+    check_outside_dir(outside_dir)
     if path is not None and not isinstance(path, str):
         raise ConfigError(f"data.csv must be the path of a CSV file, or null; got {path!r}")
     if path is not None and not Path(path).expanduser().is_file():
@@ -76,19 +90,36 @@ def _rows(path: Path, needed: list[str]) -> tuple[list[str], list[dict[str, str]
     return header, rows
 
 
-def _where(path: Path, column: str, bad: list[tuple[int, str]], what: str) -> DatasetError:
+def _where(path: Path, column: str, bad: list[tuple[int, str]], what: str, hint: str = "") -> DatasetError:
     shown = ", ".join(f"line {line}: {value!r}" for line, value in bad[:SHOWN])
     more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-    return DatasetError(f"{path}, column {column!r}: {len(bad)} row(s) {what} ({shown}{more})")
+    return DatasetError(f"{path}, column {column!r}: {len(bad)} row(s) {what} ({shown}{more}){hint}")
 
 
-def _image_paths(path: Path, root: Path, column: str, rows: list[dict[str, str]]) -> list[str]:
-    """Each row's image under ``root``; empty, missing and repeated images are errors."""
+def outside_root(paths: list[str], root: str | os.PathLike) -> list[int]:
+    """The positions of ``paths`` that lie outside ``root`` once both are resolved (symlinks followed, ``..``
+    collapsed): a link under ``root`` that leads out of it is outside."""
+    top = os.path.realpath(root)
+    return [i for i, p in enumerate(paths) if os.path.commonpath([top, os.path.realpath(p)]) != top]
+
+
+def _image_paths(
+    path: Path, root: Path, column: str, rows: list[dict[str, str]], outside_dir: bool = False
+) -> list[str]:
+    """Each row's image under ``root``; empty, missing and repeated images are errors, and so are images outside
+    ``root`` unless ``outside_dir``."""
     values = [(r.get(column) or "").strip() for r in rows]
     empty = [(i + 2, v) for i, v in enumerate(values) if not v]
     if empty:
         raise _where(path, column, empty, "name no image")
     paths = [str(root / v) for v in values]
+    if not outside_dir:
+        outside = [(i + 2, values[i]) for i in outside_root(paths, root)]
+        if outside:
+            raise _where(
+                path, column, outside, f"name an image outside {root} (data.dir; symlinks followed)",
+                f"; images must lie under data.dir, or set {OUTSIDE_KEY}=true to read them from anywhere",
+            )  # fmt: skip
     missing = [(i + 2, v) for i, (v, p) in enumerate(zip(values, paths)) if not os.path.isfile(p)]
     if missing:
         raise _where(path, column, missing, f"name a file that is not in {root} (data.dir)")
@@ -112,13 +143,17 @@ def _sorted_classes(labels: list[str]) -> list[str]:
 
 
 def read_csv_dataset(
-    path: str | os.PathLike, root: str | os.PathLike, columns: dict | None = None, classes: list[str] | None = None
+    path: str | os.PathLike,
+    root: str | os.PathLike,
+    columns: dict | None = None,
+    classes: list[str] | None = None,
+    outside_dir: bool = False,
 ) -> CsvDataset:
     """The dataset a CSV describes (see the module docstring); ``classes``: the classes labels must be among (a
-    checkpoint's), else the sorted label values."""
+    checkpoint's), else the sorted label values; ``outside_dir``: rows may name images outside ``root``."""
     path, root, cols = Path(path), Path(root), complete_columns(columns)
     header, rows = _rows(path, [cols["image"], cols["label"]])
-    paths = _image_paths(path, root, cols["image"], rows)
+    paths = _image_paths(path, root, cols["image"], rows, outside_dir)
     labels = [(r.get(cols["label"]) or "").strip() for r in rows]
     empty = [(i + 2, "") for i, v in enumerate(labels) if not v]
     if empty:
@@ -150,11 +185,14 @@ def read_csv_dataset(
     return CsvDataset(images, folds, splits)
 
 
-def read_csv_images(path: str | os.PathLike, root: str | os.PathLike, columns: dict | None = None) -> tuple[list, list]:
-    """(image paths under ``root``, their ids: the image column's values as written) of an unlabelled CSV."""
+def read_csv_images(
+    path: str | os.PathLike, root: str | os.PathLike, columns: dict | None = None, outside_dir: bool = False
+) -> tuple[list, list]:
+    """(image paths under ``root``, their ids: the image column's values as written) of an unlabelled CSV;
+    ``outside_dir``: rows may name images outside ``root``."""
     path, root, cols = Path(path), Path(root), complete_columns(columns)
     _, rows = _rows(path, [cols["image"]])
-    paths = _image_paths(path, root, cols["image"], rows)
+    paths = _image_paths(path, root, cols["image"], rows, outside_dir)
     return paths, [(r.get(cols["image"]) or "").strip() for r in rows]
 
 

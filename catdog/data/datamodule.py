@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from catdog.data.cache import DecodedCache, open_cache
 from catdog.data.csv_data import check_csv_config, check_user_folds, check_user_split, read_csv_dataset
@@ -29,7 +28,8 @@ from catdog.data.device_store import (
 from catdog.data.exclude import check_exclude, excluded_paths, read_exclude
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
-from catdog.data.pseudo import PseudoLabels, check_pseudo, load_pseudo
+from catdog.data.pseudo import PseudoLabels, check_pseudo, check_teacher, load_pseudo
+from catdog.data.samplers import BalancedEpochSampler, EpochShuffleSampler, ShardSampler, split_code
 from catdog.data.splits import content_groups, fold_indices, kfold_assignments, stratified_split
 from catdog.data.transforms import (
     ProgressiveTransform,
@@ -55,80 +55,12 @@ def check_policy(value: str, key: str = "data.on_bad_image") -> str:
     return value
 
 
-def shard(order: list[int], rank: int, world: int) -> list[int]:
-    """Process ``rank``'s share of ``order`` among ``world`` processes: positions ``rank, rank + world, ...`` after
-    the order is padded with its first items to a multiple of ``world`` (as torch's ``DistributedSampler`` pads), so
-    at every step the union of the processes' batches of B is the one-process batch of ``world`` x B."""
-    if world <= 1 or not order:
-        return list(order)
-    padded = list(order)
-    while len(padded) % world:
-        padded += order[: world - len(padded) % world]
-    return padded[rank::world]
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch); yields ``epoch * n + i`` so the dataset knows the epoch.
-
-    Unlike ``shuffle=True`` it draws nothing from the global RNG, so a resumed run sees the same order and
-    the same augmentations as an uninterrupted one, whatever the number of workers. Under DDP each process takes its
-    :func:`shard` of the one epoch order (``rank`` of ``world``): the processes' batches of a step together are the
-    one-process batch of ``world`` x the batch size.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, rank: int = 0, world: int = 1):
-        self.n, self.seed, self.epoch = n, int(seed), int(epoch)
-        self.rank, self.world = int(rank), max(1, int(world))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return -(-self.n // self.world)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        offset = self.epoch * self.n
-        order = (torch.randperm(self.n, generator=g) + offset).tolist()
-        return iter(shard(order, self.rank, self.world))
-
-
-class BalancedEpochSampler(EpochShuffleSampler):
-    """``data.sampler=balanced``: each epoch draws as many indices as there are images, with replacement, every class
-    equally likely (an image of class c with probability ``1 / (K * n_c)``), from (seed, epoch) alone. It yields
-    ``epoch * n + index`` as :class:`EpochShuffleSampler` does and shards the one draw the same way under DDP."""
-
-    def __init__(self, labels: Sequence[int], seed: int, epoch: int = 0, rank: int = 0, world: int = 1):
-        super().__init__(len(labels), seed, epoch, rank, world)
-        counts = Counter(labels)
-        self.weights = torch.tensor([1.0 / counts[y] for y in labels], dtype=torch.float64)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        drawn = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        return iter(shard((drawn + self.epoch * self.n).tolist(), self.rank, self.world))
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``0..n-1`` in order, or this process's :func:`shard` of them under DDP (validation: every process
-    scores its share and :func:`catdog.distributed.gather_predictions` reassembles the whole set)."""
-
-    def __init__(self, n: int, rank: int = 0, world: int = 1):
-        self.indices = shard(list(range(n)), int(rank), int(world))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-
 class ImageDataset(Dataset):
     """Images (and optional labels) -> ``(uint8 CHW tensor, label, index)``.
 
     With ``on_bad_image="skip"`` an image that fails to decode yields ``None`` (dropped by :func:`collate_skip_none`)
     and a warning naming the file; with ``"error"`` it raises :class:`BadImageError`. With ``seed`` set, indices
-    come from :class:`EpochShuffleSampler` and each sample's augmentation is seeded by (seed, epoch, index).
+    are the draw codes of :mod:`catdog.data.samplers` and each sample's augmentation is seeded by (seed, epoch, key).
     With ``cache`` (a :class:`catdog.data.cache.DecodedCache` holding every path), pixels are read from the cache
     instead of decoding the files (``draft_size`` is then unused).
     """
@@ -156,9 +88,9 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        epoch = 0
+        epoch = key = 0
         if self.seed is not None:
-            epoch, index = divmod(index, len(self.paths))
+            epoch, key, index = split_code(index, len(self.paths))
         try:
             if self.cache is not None:
                 image = self.cache.get(self.cache_rows[index])
@@ -175,7 +107,7 @@ class ImageDataset(Dataset):
             x = transform(image)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + key) % 2**63)
                 x = transform(image)
         label = self.labels[index] if self.labels is not None else -1
         return x, label, index
@@ -183,8 +115,8 @@ class ImageDataset(Dataset):
 
 class IndexDataset(Dataset):
     """``data.pipeline=device``: no pixels, only ``(code, label, index)`` per sample; the datamodule's batch hooks
-    gather and augment the batch's images on the device. ``code`` is the sampler's ``epoch * n + index`` for training
-    samples (``train``) and -1 for evaluation samples."""
+    gather and augment the batch's images on the device. ``code`` is the sampler's draw code
+    (:func:`catdog.data.samplers.draw_code`) for training samples (``train``) and -1 for evaluation samples."""
 
     def __init__(self, labels: Sequence[int], train: bool):
         self.labels = list(labels)
@@ -194,8 +126,10 @@ class IndexDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, code: int):
-        index = code % len(self.labels)
-        return (code if self.train else -1), self.labels[index], index
+        if not self.train:
+            return -1, self.labels[code], code
+        index = split_code(code, len(self.labels))[2]
+        return code, self.labels[index], index
 
 
 def collate_skip_none(batch):
@@ -273,6 +207,7 @@ class CatDogDataModule(pl.LightningDataModule):
         csv: str | None = None,
         csv_columns: dict | None = None,
         sampler: str | None = None,
+        csv_outside_dir: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -306,7 +241,7 @@ class CatDogDataModule(pl.LightningDataModule):
         hp = self.hparams
         if hp.demo:
             make_demo_dataset(self.root)
-        table = read_csv_dataset(hp.csv, self.root, hp.csv_columns) if hp.csv else None
+        table = read_csv_dataset(hp.csv, self.root, hp.csv_columns, outside_dir=hp.csv_outside_dir) if hp.csv else None
         if table is not None:
             layout_name, train, val = f"csv ({hp.csv})", table.images, None
         else:
@@ -346,7 +281,8 @@ class CatDogDataModule(pl.LightningDataModule):
         self.excluded = sorted(drop)
         counts = {c: train.labels.count(i) for i, c in enumerate(self.classes)}
         if pseudo is not None:
-            train = self._with_pseudo(train, pseudo.subset([i for i, p in enumerate(pseudo.paths) if p not in bad]))
+            pseudo = pseudo.subset([i for i, p in enumerate(pseudo.paths) if p not in bad])
+            train = self._with_pseudo(train, check_teacher(pseudo, val.paths, self.root))
         self.train_set, self.val_set = train, val
         log.info(
             "data: %s layout in %s; classes %s; %d train %s, %d validation; %d unreadable image(s) skipped%s",
@@ -477,7 +413,7 @@ class CatDogDataModule(pl.LightningDataModule):
             return batch
         codes, labels, indices = batch
         train = len(codes) > 0 and int(codes[0]) >= 0
-        self._batch_epoch = int(codes[0]) // len(self.train_set) if train else None
+        self._batch_epoch = split_code(int(codes[0]), len(self.train_set))[0] if train else None
         store = self.stores["train" if train else "val"]
         if store.on_host:
             return codes, labels, indices, store.gather_host(indices)
@@ -497,7 +433,8 @@ class CatDogDataModule(pl.LightningDataModule):
         hp = self.hparams
         size = progressive_size(epoch, hp.image_size, hp.progressive)
         rows = indices.to(store.heights.device)
-        x = self._augment(images, store.heights[rows], store.widths[rows], indices, epoch, size)
+        keys = split_code(codes, len(self.train_set))[1]
+        x = self._augment(images, store.heights[rows], store.widths[rows], keys, epoch, size)
         return x, labels, indices
 
     def train_dataloader(self) -> DataLoader:
@@ -549,11 +486,12 @@ def check_data_config(
     csv=None,
     csv_columns=None,
     sampler=None,
+    csv_outside_dir=False,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"data.sampler must be null (shuffle) or 'balanced' (class-balanced), got {sampler!r}")
-    check_csv_config(csv, csv_columns)
+    check_csv_config(csv, csv_columns, csv_outside_dir)
     check_pseudo(pseudo)
     check_exclude(exclude)
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:

@@ -1,15 +1,19 @@
 """Train-time augmentation of whole batches on the training device (``data.pipeline=device``), CPU or GPU alike.
 
-Every random number is a pure function of ``(seed, epoch, dataset index, draw)`` (:func:`counter_uniform`: an
-integer hash, no generator state), so a sample's augmentation does not depend on the batch it lands in, the number
-of processes, the device or whether the run was resumed, exactly as the ``workers`` pipeline seeds each sample by
-(seed, epoch, index). Each image gets its own parameters, drawn as torchvision draws them:
+Every random number is a pure function of ``(seed, epoch, key, draw)`` (:func:`counter_uniform`: an integer hash,
+no generator state), where the key is the sample's augmentation key (:mod:`catdog.data.samplers`: the image's index,
+or with the class-balanced sampler the draw's position in the epoch), so a sample's augmentation does not depend on
+the batch it lands in, the number of processes, the device or whether the run was resumed, exactly as the ``workers``
+pipeline seeds each sample by (seed, epoch, key). Each image gets its own parameters, drawn as torchvision draws them:
 
 - random resized crop: torchvision's ``RandomResizedCrop.get_params`` (ten attempts of a scale in ``scale`` and a
   log-uniform aspect ratio in ``ratio``, then the central fallback), on the image's cached size;
 - horizontal flip with probability ``hflip``; a rotation uniform in ``[-rotation, rotation]`` degrees about the
   image's centre (black corners), taken before the crop as ``RandomRotation`` is;
-- colour jitter (brightness, contrast, saturation factors uniform in ``[1 - j, 1 + j]``, applied in that order);
+- colour jitter: the ``workers`` pipeline's ``ColorJitter`` (:func:`catdog.data.transforms.colour_jitter`), its
+  ranges read from it: brightness, contrast and saturation factors uniform in ``[max(0, 1 - j), 1 + j]``, the three
+  applied in an order drawn per image (one of the 3! orders alike, as torchvision's ``randperm`` of its four
+  operations orders the three that are on);
 - TrivialAugmentWide (one of its 14 operations and one of its 31 magnitude bins per image, a random sign where the
   operation is signed) or RandAugment (2 operations at ``magnitude``), with the operation set and magnitude tables
   read from torchvision's own classes.
@@ -17,17 +21,21 @@ of processes, the device or whether the run was resumed, exactly as the ``worker
 Every geometric step (rotation, crop, flip, the policy's shear / translate / rotate with black fill) is one affine map
 per image, so each batch is resampled once: one ``grid_sample`` call, on a grid ``k`` times finer than the output and
 averaged down by ``k`` where the crop shrinks the stored pixels by more than 1.25x (an antialiasing box filter; ``k``
-depends only on the sizes, never on the batch). The colour operations are vectorized with per-image factors.
+depends only on the sizes, never on the batch). The colour operations are vectorized with per-image factors; the
+jitter takes three batched steps, each image blended at every step with what its own operation at that position
+blends it with (black, its grey mean or its greyscale).
 
 What differs from the ``workers`` pipeline, by design: images are stored squashed to one square size (see
 :mod:`catdog.data.device_store`), so crops of non-square images are resampled from a copy whose longer side has
 as many pixels as its shorter one; the policy's colour operations run after its geometric ones; the output is float
 in [0, 1], not quantized to uint8. The augmentation statistics (crop areas, aspect ratios, flip rate, operation
-frequencies) are torchvision's; ``tests/unit/data/test_device_augment.py`` compares them with torchvision's own draws.
+frequencies, jitter factors and orders) are torchvision's; ``tests/unit/data/test_device_augment.py`` compares them
+with torchvision's own draws.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -36,7 +44,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from catdog.data.transforms import augment_settings
+from catdog.data.transforms import augment_settings, colour_jitter
 from catdog.errors import ConfigError
 
 M32 = 0xFFFFFFFF
@@ -49,6 +57,9 @@ GRID_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"
 
 # The policies' operations, in torchvision's order (its _AUGMENTATION_SPACE keys).
 OPS = tuple(v2.TrivialAugmentWide._AUGMENTATION_SPACE)
+#: The colour jitter's operations, in ``ColorJitter``'s order (its factors' columns), and their orders.
+JITTER_OPS = ("brightness", "contrast", "saturation")
+JITTER_ORDERS = tuple(itertools.permutations(range(len(JITTER_OPS))))
 
 
 # ----- counter-based random numbers ---------------------------------------------------------------------------------
@@ -66,7 +77,7 @@ def _mix32(x):
 
 def counter_uniform(seed: int, epoch: int, index: torch.Tensor, draws: int) -> torch.Tensor:
     """``(len(index), draws)`` float32 uniforms in [0, 1), a pure function of (seed, epoch, index, draw number),
-    computed on ``index``'s device."""
+    computed on ``index``'s device (``index``: the samples' augmentation keys)."""
     base = _mix32(_mix32(int(seed) & M32) ^ _mix32((int(epoch) * 0x2545F491 + 0x165667B1) & M32))
     h = _mix32((index.to(torch.int64) & M32) * 0x27D4EB2F ^ base)
     j = torch.arange(1, draws + 1, device=index.device, dtype=torch.int64)
@@ -244,6 +255,24 @@ COLOUR_OPS = {
 }
 
 
+def jitter_step(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """One position of the colour jitter: each image's operation ``op`` (an index into :data:`JITTER_OPS`) with its
+    ``factor``, all in one blend (torchvision's ``adjust_brightness`` blends with black, ``adjust_contrast`` with the
+    image's grey mean, ``adjust_saturation`` with its greyscale)."""
+    gray = _gray(x)
+    other = torch.where(_col(op == 0), 0.0, torch.where(_col(op == 1), gray.mean(dim=(1, 2, 3), keepdim=True), gray))
+    return _blend(x, other, factor)
+
+
+def colour_jitter_batch(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``ColorJitter`` per image: ``factors`` (B, 3) in :data:`JITTER_OPS`'s order, applied in ``order`` (B, 3),
+    each row a permutation of 0..2."""
+    for position in range(order.shape[1]):
+        op = order[:, position]
+        x = jitter_step(x, op, factors.gather(1, op[:, None])[:, 0])
+    return x
+
+
 def apply_colour_op(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """Each image's policy colour operation (``op``, an index into :data:`OPS`), batched per operation."""
     out = x
@@ -257,7 +286,7 @@ def apply_colour_op(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) 
 # ----- the pipeline ---------------------------------------------------------------------------------------------------
 class BatchAugment:
     """``data.augment``'s settings (the ``workers`` pipeline's :func:`catdog.data.transforms.train_transform`), applied
-    to whole batches: ``augment(images, heights, widths, indices, epoch, size) -> (B, 3, size, size)`` float in
+    to whole batches: ``augment(images, heights, widths, keys, epoch, size) -> (B, 3, size, size)`` float in
     [0, 1] from ``(B, 3, S, S)`` uint8 stored squares whose images were ``heights`` x ``widths`` px."""
 
     def __init__(self, seed: int, interpolation: str = "bilinear", **augment):
@@ -266,16 +295,20 @@ class BatchAugment:
         a = augment_settings(augment)  # train_transform's settings and defaults
         self.seed = int(seed)
         self.scale, self.ratio = tuple(float(s) for s in a["scale"]), tuple(float(r) for r in a["ratio"])
-        self.hflip, self.rotation, self.jitter = float(a["hflip"]), float(a["rotation"]), float(a["color_jitter"])
+        self.hflip, self.rotation = float(a["hflip"]), float(a["rotation"])
+        jitter = colour_jitter(a["color_jitter"])
+        # (lo, hi) of each JITTER_OPS factor, (1, 1) for an operation the ColorJitter leaves out; None when off
+        self.jitter = None if jitter is None else tuple(getattr(jitter, n) or (1.0, 1.0) for n in JITTER_OPS)
         self.auto = a["auto"]
         self.num_ops = {None: 0, "trivial": 1, "randaugment": 2}[self.auto]
         self.magnitude = 9 if a["magnitude"] is None else int(a["magnitude"])
         self.mode = GRID_MODES[interpolation]
         self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._orders: dict[str, torch.Tensor] = {}
 
-    # draws per image: crop (22), flip, rotation, 3 jitter factors, then per policy op: op, bin, sign
+    # draws per image: crop (22), flip, rotation, 3 jitter factors, per policy op: op, bin, sign; then the jitter order
     def draws(self) -> int:
-        return 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 3 + 3 * self.num_ops
+        return 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 3 + 3 * self.num_ops + 1
 
     def _tables_on(self, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(magnitude table, signed flags) on ``device``, built once per size."""
@@ -284,17 +317,29 @@ class BatchAugment:
             self._tables[key] = (magnitude_table(self.auto, size).to(device), signed_ops().to(device))
         return self._tables[key]
 
-    def sample(self, heights: torch.Tensor, widths: torch.Tensor, indices: torch.Tensor, epoch: int, size: int):
-        """The per-image parameters (a dict of ``(B, ...)`` tensors): crop boxes, flips, angles, jitter factors and
-        the policy's operations and magnitudes."""
-        u = counter_uniform(self.seed, epoch, indices, self.draws())
+    def _orders_on(self, device) -> torch.Tensor:
+        """:data:`JITTER_ORDERS` as a ``(6, 3)`` tensor on ``device``, built once."""
+        key = str(device)
+        if key not in self._orders:
+            self._orders[key] = torch.tensor(JITTER_ORDERS, device=device)
+        return self._orders[key]
+
+    def sample(self, heights: torch.Tensor, widths: torch.Tensor, keys: torch.Tensor, epoch: int, size: int):
+        """The per-image parameters (a dict of ``(B, ...)`` tensors): crop boxes, flips, angles, jitter factors (in
+        :data:`JITTER_OPS`'s order) and order (the operations' indices, first applied first), the policy's operations
+        and magnitudes."""
+        u = counter_uniform(self.seed, epoch, keys, self.draws())
         c = 2 * CROP_ATTEMPTS + 2
         params = {
             "box": resized_crop_boxes(u[:, :c], heights, widths, self.scale, self.ratio),
             "flip": u[:, c] < self.hflip,
             "angle": (2.0 * u[:, c + 1] - 1.0) * self.rotation,
-            "jitter": 1.0 + self.jitter * (2.0 * u[:, c + 2 : c + 5] - 1.0),
         }
+        ranges = self.jitter or [(1.0, 1.0)] * len(JITTER_OPS)
+        params["jitter"] = torch.stack([lo + (hi - lo) * u[:, c + 2 + i] for i, (lo, hi) in enumerate(ranges)], 1)
+        orders = self._orders_on(u.device)
+        pick = torch.floor(u[:, c + 5 + 3 * self.num_ops] * len(orders)).long().clamp_(max=len(orders) - 1)
+        params["order"] = orders[pick]
         ops, mags = [], []
         table, signed = self._tables_on(size, u.device) if self.num_ops else (None, None)
         for k in range(self.num_ops):
@@ -317,14 +362,14 @@ class BatchAugment:
         images: torch.Tensor,
         heights: torch.Tensor,
         widths: torch.Tensor,
-        indices: torch.Tensor,
+        keys: torch.Tensor,
         epoch: int,
         size: int,
     ) -> torch.Tensor:
         b, stored = len(images), images.shape[-1]
         if b == 0:
             return torch.zeros(0, 3, size, size, device=images.device)
-        p = self.sample(heights, widths, indices, epoch, size)
+        p = self.sample(heights, widths, keys, epoch, size)
         H, W = heights.to(torch.float32), widths.to(torch.float32)
         dev = images.device
         # output crop pixels -> policy (inverse, composed in the order the operations run) -> flip -> crop box ->
@@ -355,9 +400,8 @@ class BatchAugment:
             x = F.avg_pool2d(x, k)
         if self.mode == "bicubic":  # the only filter that overshoots
             x = x.clamp_(0.0, 1.0)
-        if self.jitter:
-            f = p["jitter"]
-            x = saturation(contrast(brightness(x, f[:, 0]), f[:, 1]), f[:, 2])
+        if self.jitter is not None:
+            x = colour_jitter_batch(x, p["jitter"], p["order"])
         for k in range(self.num_ops):
             x = apply_colour_op(x, p["ops"][:, k], p["magnitudes"][:, k])
         return x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -92,6 +93,18 @@ def _auto_augment(name: str | None, magnitude: int | None, interpolation: Interp
     return []
 
 
+def colour_jitter(strength: float) -> v2.ColorJitter | None:
+    """``data.augment.color_jitter``: torchvision's ``ColorJitter`` of brightness, contrast and saturation
+    ``strength`` (each factor uniform in [max(0, 1 - strength), 1 + strength], the three applied in a random order per
+    image; no hue), None at 0. Both pipelines take their ranges from it."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < math.inf:
+        raise ConfigError(f"data.augment.color_jitter must be a number >= 0 (0 = off), got {strength!r}")
+    if not strength:
+        return None
+    j = float(strength)
+    return v2.ColorJitter(brightness=j, contrast=j, saturation=j)
+
+
 def train_transform(
     image_size: int,
     scale: Sequence[float] = (0.35, 1.0),
@@ -119,9 +132,9 @@ def train_transform(
     )
     if hflip:
         ops.append(v2.RandomHorizontalFlip(float(hflip)))
-    if color_jitter:
-        j = float(color_jitter)
-        ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    jitter = colour_jitter(color_jitter)
+    if jitter is not None:
+        ops.append(jitter)
     ops += policy
     ops.append(v2.PILToTensor())
     return v2.Compose(ops)

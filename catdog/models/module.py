@@ -26,6 +26,7 @@ from catdog.distributed import check_replicas, gather_predictions, note_ddp_para
 from catdog.errors import CatdogError, ConfigError, check_known_keys
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import checkpoint_temperature
+from catdog.models.class_weights import weighted_cross_entropy
 from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import (
     build_scheduler,
@@ -347,7 +348,7 @@ class ClassifierModule(pl.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self._network()(x)
-        loss = F.cross_entropy(
+        loss = weighted_cross_entropy(
             logits.float(), target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
         )
         self._note_nonfinite(loss.detach())

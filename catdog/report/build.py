@@ -92,40 +92,92 @@ def evaluation_pictures(
     return pictures, numbers
 
 
-def gradcam_items(probs, targets, classes, names, paths, checkpoint_of: Callable[[int], Path]) -> list[dict]:
+Checkpoints = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _members(checkpoints: Checkpoints) -> tuple[Path, ...]:
+    """One checkpoint, or an ensemble's members, as paths."""
+    if isinstance(checkpoints, (str, os.PathLike)):
+        return (Path(checkpoints),)
+    return tuple(Path(c) for c in checkpoints)
+
+
+def gradcam_items(
+    probs, targets, classes, names, paths, checkpoint_of: Callable[[int], Checkpoints],
+    explained_by: Callable[[int], str] | None = None,
+) -> list[dict]:  # fmt: skip
     """Grad-CAM overlays (:mod:`catdog.report.gradcam`) of the most confident mistakes and of a few confident correct
-    predictions per class, each from the checkpoint that predicted it (``checkpoint_of(row)``), for the class it
-    predicted."""
+    predictions per class, each for the class predicted, from the checkpoint that predicted it
+    (``checkpoint_of(row)``: its path; an ensemble's: its members' paths).
+
+    An ensemble's map is the mean of its members' maps (each scaled to [0, 1], the mean scaled again), on the first
+    member's eval crop: members whose crop is the same view at another size are resized to it, those that crop the
+    image otherwise (another ``data.crop_pct``) are left out. Each item says whose map it is (``explained_by``:
+    ``explained_by(row)``, by default the checkpoint's path or the members averaged) and holds its ``checkpoint``
+    (one) or ``checkpoints`` (the members averaged)."""
     rows = gc.pick(np.asarray(probs), np.asarray(targets))
+    members = {i: _members(checkpoint_of(i)) for i in rows}
     by_checkpoint: dict[Path, list[int]] = defaultdict(list)
     for i in rows:
-        by_checkpoint[Path(checkpoint_of(i))].append(i)
-    items = {}
+        for checkpoint in members[i]:
+            by_checkpoint[checkpoint].append(i)
+    done: dict[tuple[int, Path], tuple] = {}  # (row, member): (uint8 crop, map, crop_pct)
     for checkpoint, chosen in by_checkpoint.items():
         model = load_classifier(checkpoint)
         if getattr(model, "exported", False):
             raise ValueError(f"{checkpoint} is an exported model file: Grad-CAM needs a checkpoint")
         crops = gc.eval_crops(model, [paths[i] for i in chosen])
         predicted = [int(np.argmax(probs[i])) for i in chosen]
-        for i, crop, cam, c in zip(chosen, crops, gc.grad_cam(model, crops, predicted), predicted):
-            items[i] = {
-                "name": str(names[i]), "true": classes[targets[i]], "predicted": classes[c],
-                "p": float(probs[i][c]), "checkpoint": str(checkpoint), "image": crop.permute(1, 2, 0).numpy(),
-                "cam": cam,
-            }  # fmt: skip
-    return [items[i] for i in rows]
+        for i, crop, cam in zip(chosen, crops, gc.grad_cam(model, crops, predicted)):
+            done[(i, checkpoint)] = (crop, cam, float(model.hparams.crop_pct))
+        del model
+    items = []
+    for i in rows:
+        c = int(np.argmax(probs[i]))
+        crop, _, view = done[(i, members[i][0])]
+        used = [m for m in members[i] if done[(i, m)][2] == view]
+        item = {"name": str(names[i]), "true": classes[targets[i]], "predicted": classes[c], "p": float(probs[i][c])}
+        if len(members[i]) == 1:
+            item["checkpoint"] = str(members[i][0])
+            whose = str(members[i][0])
+            cam = done[(i, members[i][0])][1]
+        else:
+            item["checkpoints"] = [str(m) for m in used]
+            left = len(members[i]) - len(used)
+            whose = f"the mean of the maps of its {len(used)} members ({', '.join(map(str, used))})"
+            whose += f", {left} member(s) that crop the image otherwise (data.crop_pct) left out" if left else ""
+            cam = gc.mean_map([done[(i, m)][1] for m in used], tuple(crop.shape[-2:]))
+        item["explained_by"] = explained_by(i) if explained_by is not None else whose
+        items.append({**item, "image": crop.permute(1, 2, 0).numpy(), "cam": cam})
+    return items
 
 
-def add_gradcam(pictures: dict, numbers: dict, *args) -> None:
-    """``gradcam.png`` (and its rows in the numbers) from :func:`gradcam_items`; a failure (images moved, an exported
-    model) is logged and leaves the rest of the report as it is."""
+def gradcam_caption(items: Sequence[dict], intro: str) -> str:
+    """What ``gradcam.png`` shows: ``intro``, then whose maps they are (once where every picture's is the same, else
+    picture by picture)."""
+    whose = list(dict.fromkeys(item["explained_by"] for item in items))
+    if len(whose) <= 1:
+        return f"{intro}: {whose[0]}." if whose else f"{intro}."
+    return f"{intro}: " + "; ".join(f"{item['name']}: {item['explained_by']}" for item in items) + "."
+
+
+def add_gradcam(
+    pictures: dict, numbers: dict, *args, intro: str = "Grad-CAM for the class predicted", explained_by=None
+) -> None:
+    """``gradcam.png`` (and its rows in the numbers) from :func:`gradcam_items` (``args``: its arguments up to
+    ``checkpoint_of``; ``explained_by`` as there), captioned by :func:`gradcam_caption` (``numbers["captions"]``, shown
+    under the picture and logged); a failure (images moved, an exported model, a network whose stage output makes no
+    map) is logged and leaves the rest of the report as it is."""
     try:
-        items = gradcam_items(*args)
+        items = gradcam_items(*args, explained_by=explained_by)
     except Exception as exc:  # noqa: BLE001 - the report is written without this picture
         log.warning("report: no Grad-CAM picture (%s: %s)", type(exc).__name__, exc)
         return
     pictures["gradcam.png"] = fg.plot_gradcam(items)
     numbers["gradcam"] = [{k: v for k, v in item.items() if k not in ("image", "cam")} for item in items]
+    caption = gradcam_caption(items, intro)
+    numbers.setdefault("captions", {})["gradcam.png"] = caption
+    log.info("report: gradcam.png: %s", caption)
 
 
 def _write_png(path: Path, data: bytes) -> None:
@@ -175,6 +227,9 @@ def write_bundle(
     for name, data in pictures.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         parts.append(f"<h2>{html.escape(name.removesuffix('.png'))}</h2><img alt='{html.escape(name)}' src='{uri}'>")
+        caption = (numbers.get("captions") or {}).get(name)
+        if caption:
+            parts.append(f"<p>{html.escape(caption)}</p>")
     parts.append("</body></html>\n")
     atomic_write_text(html_path, "".join(parts))
     return html_path
@@ -233,7 +288,11 @@ def write_run_report(
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature)
     if result.get("best_checkpoint"):
         best = run_dir / result["best_checkpoint"]
-        add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: best)
+        add_gradcam(
+            pictures, numbers, probs, targets, classes, names, paths, lambda i: best,
+            intro="Grad-CAM for the class predicted, of the model whose prediction is shown",
+            explained_by=lambda i: f"the run's best checkpoint, {best}",
+        )  # fmt: skip
     metrics = _metrics_csv(run_dir)
     if metrics is not None:
         history = fg.epoch_history(metrics)
@@ -285,7 +344,11 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     fitted = "fitted on the other folds" if cross else "each fold's own: in-sample"
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, temperature, fitted=fitted)
     checkpoints = {str(m["fold"]): run_dir / m["checkpoint"] for m in manifest["members"]}
-    add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: checkpoints[rows[i][2]])
+    add_gradcam(
+        pictures, numbers, probs, targets, classes, names, paths, lambda i: checkpoints[rows[i][2]],
+        intro="Grad-CAM for the class predicted, of the fold model whose out-of-fold prediction is shown (the one that "
+        "did not train on the image)", explained_by=lambda i: f"fold {rows[i][2]}'s model",
+    )  # fmt: skip
     issues = label_issue_items(probs, targets, classes, names, paths, rows)
     pictures["label_issues.png"] = fg.plot_mistakes(issues)
     numbers["label_issues"] = [{k: v for k, v in m.items() if k != "path"} for m in issues]
@@ -370,13 +433,19 @@ def write_evaluation_report(
     title: str,
     summary: Sequence[tuple[str, object]] = (),
     applied: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: Checkpoints | None = None,
 ) -> Path:
     """``predict.py labelled=true``: the evaluation pictures of the labelled images (as predicted: TTA, ensemble and
-    temperature included), and Grad-CAM overlays from ``checkpoint`` (an ensemble's first member) when given."""
+    temperature included), and Grad-CAM overlays from ``checkpoint`` when given: one checkpoint (its caption says
+    the maps are that one model's), or an ensemble's members (the mean of their maps, :func:`gradcam_items`)."""
     pictures, numbers = evaluation_pictures(probs, targets, classes, names, paths, applied=applied)
     if checkpoint is not None:
-        add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: checkpoint)
+        members = _members(checkpoint)
+        intro = (
+            "Grad-CAM for the class predicted, of one model" if len(members) == 1 else
+            "Grad-CAM for the class the ensemble predicted, whose prediction is shown"
+        )  # fmt: skip
+        add_gradcam(pictures, numbers, probs, targets, classes, names, paths, lambda i: members, intro=intro)
     tables = [("Summary", ("", "value"), list(summary)), _per_class_table(numbers), _mistakes_table(numbers)]
     return write_bundle(folder, html_path, title, pictures, numbers, tables)
 

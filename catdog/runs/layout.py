@@ -87,6 +87,21 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def trained_images(run: Path) -> set[str]:
+    """The labelled images (paths relative to the data folder) that trained the checkpoints of the run folder
+    ``run``, from its ``split.csv``: the ``train`` rows, or for a k-fold fold every fold but its own (``result.json``'s
+    ``fold``, else the folder's name ``fold_<i>``)."""
+    with open(run / SPLIT_NAME, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    if "fold" not in header:
+        return {r["path"] for r in rows if r.get("split") == "train"}
+    fold = (read_json(run / RESULT_NAME) or {}).get("fold")
+    fold = fold_number(run) if fold is None else fold
+    return {r["path"] for r in rows if fold is None or r["fold"] != str(fold)}
+
+
 def write_json(path: Path, record: dict) -> None:
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 

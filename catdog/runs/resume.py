@@ -27,7 +27,7 @@ from catdog.data.csv_data import CSV_COLUMNS
 from catdog.data.pseudo import PSEUDO_DEFAULTS
 from catdog.errors import CheckpointError, ConfigError
 from catdog.models.optim import plain
-from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, fold_number, write_json
+from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_NAME, trained_images, write_json
 
 # What a resumed run must share with its checkpoint: the network, and what the restored optimizer state, parameter
 # groups and learning-rate schedule were built from (a changed lr would be silently replaced by the restored one).
@@ -168,18 +168,6 @@ def load_init(model, path: str | os.PathLike, ckpt: dict) -> None:
     model.load_state_dict(upgrade_state_dict(ckpt["state_dict"]), strict=True)
 
 
-def _trained_on(run: Path) -> set[str]:
-    """The images (paths relative to the data folder) that trained the checkpoints of ``run``: its split.csv's
-    ``train`` rows, or for a k-fold fold every fold but its own."""
-    rows = _assignments((run / SPLIT_NAME).read_text())
-    number = fold_number(run)
-    fold = None if number is None else str(number)
-    return {
-        path for path, (_, side, kind) in rows.items()
-        if (side == "train" if kind == "split" else fold is None or side != fold)
-    }  # fmt: skip
-
-
 def check_init_split(path: str | os.PathLike, validation: list[str]) -> None:
     """Refuse ``model.init=path`` when the checkpoint trained on any of this run's ``validation`` images (paths
     relative to the data folder): their scores, the checkpoint choice and the temperature would be in-sample. Only
@@ -188,7 +176,7 @@ def check_init_split(path: str | os.PathLike, validation: list[str]) -> None:
     run = checkpoint_run(path)
     if run is None:
         return
-    seen = sorted(set(validation) & _trained_on(run))
+    seen = sorted(set(validation) & trained_images(run))
     if seen:
         raise ConfigError(
             f"model.init={path} was trained on {len(seen)} of this run's {len(validation)} validation images (e.g. "
@@ -237,6 +225,7 @@ _ADDED_LATER = {
     "data.sampler": None,
     "model.class_weights": None,
     "data.csv_columns": CSV_COLUMNS,
+    "data.csv_outside_dir": False,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",
     "trainer.num_nodes": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -24,10 +25,11 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
         measured.append(sizes)
         # a real batch went through: the device and the sizes are the run's
         assert trainer.strategy.root_device == torch.device("cpu")
-        return {s: 0.05 * s / 32 for s in sizes}, 0.1, 3
+        return budget.Measured({s: 0.05 * s / 32 for s in sizes}, {s: 0.0 for s in sizes}, 0.1, 3)
 
     monkeypatch.setattr(budget, "measure", fake_measure)
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
+    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)  # the made-up step times are not this machine's
     extra = [
         "trainer.budget_minutes=0.05", "trainer.max_epochs=4", "data.image_size=48",
         "data.progressive={start_size: 32, epochs: 2, multiple: 8}",
@@ -66,10 +68,50 @@ def test_measure_times_real_steps_at_each_size_and_leaves_the_run_untouched(tmp_
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     progressive = dict(datamodule.hparams.progressive)
-    step_s, val_s, steps = budget.measure(cfg, trainer, model, datamodule, [32, 40, 48])
-    assert sorted(step_s) == [32, 40, 48] and all(0 < v < 10 for v in step_s.values()) and val_s > 0
-    assert steps == len(datamodule.train_dataloader())
+    measured = budget.measure(cfg, trainer, model, datamodule, [32, 40, 48])
+    assert sorted(measured.step_s) == sorted(measured.first_s) == [32, 40, 48]
+    assert all(0 < v < 10 for v in measured.step_s.values()) and measured.val_s > 0
+    assert all(v >= 0 for v in measured.first_s.values())
+    assert measured.batches == len(datamodule.train_dataloader())
     assert datamodule.hparams.image_size == 48 and datamodule.hparams.progressive == progressive
     assert datamodule.trainer is trainer
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_the_backstop_ends_a_run_whose_plan_underestimated_the_machine(tmp_path, monkeypatch, caplog):
+    """Step times 1000x too fast plan hundreds of epochs into a 3 s budget: the fit stops at the end of the first
+    epoch past the budget, and the run still scores its best checkpoint and writes its result."""
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({48: 1e-4}, {48: 0.0}, 1e-4, 3))
+    monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
+    cfg = tiny_train_cfg(data, tmp_path / "run", "trainer.budget_minutes=0.05", "data.image_size=48")
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    planned = result["budget_plan"]["max_epochs"]
+    assert planned > 100 and 1 <= result["epochs"] < planned
+    assert result["val/logloss"] is not None
+    assert f"the time budget's backstop stopped training after {result['epochs']} of the {planned}" in caplog.text
+
+
+def test_every_fold_of_a_kfold_run_trains_the_first_folds_plan(tmp_path, monkeypatch, caplog):
+    data = make_flat(tmp_path / "data", per_class=6, test=0)
+    calls = []
+
+    def fake_measure(cfg, trainer, model, datamodule, sizes):
+        calls.append(cfg.data.fold)
+        return budget.Measured({s: 0.01 for s in sizes}, {s: 0.0 for s in sizes}, 0.01, 2)
+
+    monkeypatch.setattr(budget, "measure", fake_measure)
+    monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
+    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)
+    cfg = tiny_train_cfg(
+        data, tmp_path / "run", "data.folds=2", "trainer.budget_minutes=0.01", "trainer.max_epochs=3", "report=false"
+    )
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    assert calls == [0]
+    plans = [json.loads((tmp_path / "run" / f"fold_{i}" / "result.json").read_text())["budget_plan"] for i in (0, 1)]
+    assert plans[0] == plans[1]
+    assert "trainer.budget_minutes=0.01 is each fold's budget (2 folds: about 0.02 min in all)" in caplog.text

@@ -1,5 +1,6 @@
 """Run reports: the numbers behind each picture, the pictures as PNG files, a self-contained HTML page."""
 
+import html
 import json
 import re
 import struct
@@ -8,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catdog.inference import load_classifier
 from catdog.metrics import confusion_counts
+from catdog.prediction import predict
 from catdog.report import figures as fg
-from catdog.report.build import write_folder_report
+from catdog.report import gradcam as gc
+from catdog.report.build import gradcam_items, write_evaluation_report, write_folder_report
 from catdog.training import train
 from tests.conftest import compose_predict, make_flat, tiny_train_cfg
 
@@ -48,6 +52,12 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     # Grad-CAM of the best checkpoint: the most confident mistakes first, then a few sure right answers per class.
     explained = numbers["gradcam"]
     assert {e["checkpoint"] for e in explained} == {str(run / "checkpoints" / "best.ckpt")}
+    caption = numbers["captions"]["gradcam.png"]  # whose maps they are, under the picture
+    assert caption == (
+        "Grad-CAM for the class predicted, of the model whose prediction is shown: the run's best checkpoint, "
+        f"{run / 'checkpoints' / 'best.ckpt'}."
+    )
+    assert f"<p>{html.escape(caption)}</p>" in (run / "report.html").read_text()
     assert [e["name"] for e in explained if e["true"] != e["predicted"]] == [m["name"] for m in numbers["mistakes"]][
         : len([e for e in explained if e["true"] != e["predicted"]])
     ]
@@ -74,10 +84,17 @@ def test_run_report_holds_every_picture_from_the_runs_numbers(tmp_path):
     assert rebuilt["confusion"] == numbers["confusion"] and rebuilt["gradcam"] == numbers["gradcam"]
 
 
-def test_kfold_report_and_per_fold_table(tmp_path):
-    data = make_flat(tmp_path / "data", per_class=6, test=0)
-    run = tmp_path / "kfold"
-    train(tiny_train_cfg(data, run, "ensemble.size=2", "report=true"))
+@pytest.fixture(scope="module")
+def kfold(tmp_path_factory):
+    """A 2-fold run with its report, trained once for this module's tests: (data root, run folder)."""
+    root = tmp_path_factory.mktemp("kfold_report")
+    data = make_flat(root / "data", per_class=6, test=0)
+    train(tiny_train_cfg(data, root / "kfold", "ensemble.size=2", "report=true"))
+    return data, root / "kfold"
+
+
+def test_kfold_report_and_per_fold_table(kfold):
+    _, run = kfold
     numbers = assert_report(
         run / "report.html",
         {"folds.png", "confusion.png", "mistakes.png", "label_issues.png", "reliability.png", "roc.png", "gradcam.png"},
@@ -87,6 +104,10 @@ def test_kfold_report_and_per_fold_table(tmp_path):
     fold_of = {line.split(",")[0]: line.split(",")[2] for line in (run / "oof.csv").read_text().splitlines()[1:]}
     for e in numbers["gradcam"]:
         assert e["checkpoint"] == str(run / f"fold_{fold_of[e['name']]}" / "checkpoints" / "best.ckpt")
+        assert e["explained_by"] == f"fold {fold_of[e['name']]}'s model"
+    caption = numbers["captions"]["gradcam.png"]  # picture by picture: the folds differ
+    assert caption.startswith("Grad-CAM for the class predicted, of the fold model whose out-of-fold prediction is")
+    assert all(f"{e['name']}: fold {fold_of[e['name']]}'s model" in caption for e in numbers["gradcam"])
     assert [r["fold"] for r in numbers["folds"]] == [0, 1, "oof"]
     assert numbers["folds"][-1]["logloss"] == pytest.approx(manifest["oof"]["logloss"])
     assert numbers["images"] == manifest["oof"]["images"] == 12
@@ -94,8 +115,6 @@ def test_kfold_report_and_per_fold_table(tmp_path):
 
 
 def test_labelled_prediction_writes_the_evaluation_pictures(tmp_path):
-    from catdog.prediction import predict
-
     data = make_flat(tmp_path / "data", per_class=6, test=0)
     train(tiny_train_cfg(data, tmp_path / "run"))
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
@@ -106,5 +125,47 @@ def test_labelled_prediction_writes_the_evaluation_pictures(tmp_path):
         {"confusion.png", "mistakes.png", "reliability.png", "roc.png", "gradcam.png"},
     )
     assert {e["checkpoint"] for e in numbers["gradcam"]} == {str(ckpt)}
+    assert numbers["captions"]["gradcam.png"] == f"Grad-CAM for the class predicted, of one model: {ckpt}."
     assert numbers["images"] == scores["images"]
     assert numbers["accuracy"] == pytest.approx(scores["accuracy"])
+
+
+def test_an_ensembles_evaluation_says_whose_grad_cam_it_shows(kfold, tmp_path):
+    data, run = kfold
+    members = [run / f"fold_{k}" / "checkpoints" / "best.ckpt" for k in (0, 1)]
+    # predict.py on the k-fold run: the caption names the checkpoint(s) whose maps the pictures show
+    overrides = [f"ckpt={run}", f"input={data / 'train'}", "labelled=true", "num_workers=0", "device=cpu"]
+    predict(compose_predict(overrides, output_dir=tmp_path / "p"))
+    numbers = json.loads((tmp_path / "p" / "evaluation" / "summary.json").read_text())
+    caption = numbers["captions"]["gradcam.png"]
+    used = {c for e in numbers["gradcam"] for c in e.get("checkpoints", [e.get("checkpoint")])}
+    assert used <= {str(m) for m in members} and all(c in caption for c in used)
+    assert ("of one model" in caption) == (len(used) == 1)
+    # given every member: the mean of their maps, said so
+    names = sorted(p.name for p in (data / "train").iterdir())
+    paths = [str(data / "train" / n) for n in names]
+    targets = np.array([n.startswith("dog") for n in names], dtype=np.int64)
+    probs = np.random.default_rng(0).dirichlet([1.0, 1.0], size=len(names))
+    classes = ["cat", "dog"]
+    page = write_evaluation_report(
+        tmp_path / "e", tmp_path / "e.html", probs, targets, classes, names, paths, "ensemble", checkpoint=members
+    )
+    numbers = assert_report(page, {"confusion.png", "mistakes.png", "reliability.png", "roc.png", "gradcam.png"})
+    assert numbers["captions"]["gradcam.png"] == (
+        "Grad-CAM for the class the ensemble predicted, whose prediction is shown: the mean of the maps of its 2 "
+        f"members ({members[0]}, {members[1]})."
+    )
+    assert all(e["checkpoints"] == [str(m) for m in members] and "checkpoint" not in e for e in numbers["gradcam"])
+    items = gradcam_items(probs, targets, classes, names, paths, lambda i: members)
+    assert [i["name"] for i in items] == [e["name"] for e in numbers["gradcam"]]
+    rows = [names.index(i["name"]) for i in items]
+    maps = []
+    for member in members:
+        model = load_classifier(member)
+        crops = gc.eval_crops(model, [paths[r] for r in rows])
+        maps.append(gc.grad_cam(model, crops, [int(np.argmax(probs[r])) for r in rows]))
+    for k, item in enumerate(items):
+        mean = (maps[0][k].astype(np.float64) + maps[1][k]) / 2
+        expected = mean / mean.max() if mean.max() > 0 else mean
+        # the same maps (the same deterministic passes), averaged in float64 and rounded once to float32
+        np.testing.assert_allclose(item["cam"], expected, rtol=0, atol=2.0**-24)

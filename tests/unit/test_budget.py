@@ -4,11 +4,24 @@ trainer.budget_minutes."""
 from __future__ import annotations
 
 import json
+import logging
+import time
+from types import SimpleNamespace
 
 import pytest
+from pytorch_lightning.callbacks import Timer
 
 import catdog.budget as budget
-from catdog.budget import Timings, candidate_sizes, check_budget, plan_epochs, scaled_progressive
+from catdog.budget import (
+    Measured,
+    Timings,
+    backstop_s,
+    candidate_sizes,
+    check_budget,
+    fit_to_budget,
+    plan_epochs,
+    scaled_progressive,
+)
 from catdog.errors import ConfigError
 from tests.conftest import compose_train
 
@@ -37,6 +50,66 @@ def test_epoch_estimate_adds_each_epochs_size_validation_and_the_final_pass():
     assert Timings(step_s, 10, 5.0, 96, {**PROGRESSIVE, "epochs": 2}, 4).estimate_s(4) == pytest.approx(
         10 * (1 + 2 + 3 + 3) + 5 * 5.0 + budget.FINAL_OVERHEAD_S
     )
+
+
+def test_each_sizes_warm_up_is_paid_once():
+    """The first steps at a size (allocations, kernel choice, compilation) cost extra once per size the run uses."""
+    step_s, first_s = {64: 1.0, 80: 2.0, 96: 3.0}, {64: 7.0, 80: 11.0, 96: 13.0}
+    plain = Timings(step_s, 10, 5.0, 96, {**PROGRESSIVE, "epochs": 2}, 4)
+    warm = Timings(step_s, 10, 5.0, 96, {**PROGRESSIVE, "epochs": 2}, 4, first_s)
+    assert warm.estimate_s(4) == pytest.approx(plain.estimate_s(4) + 7 + 11 + 13)
+    assert warm.estimate_s(1) == pytest.approx(plain.estimate_s(1) + 7)  # one epoch: the start size only
+
+
+def test_step_seconds_are_the_steady_state_and_the_warm_up_its_excess():
+    marks = [0.0, 5.0, 6.0, 6.5, 7.0, 7.5, 8.0]  # gaps 5, 1 (warm-up), then 0.5 each
+    assert budget._step_seconds(marks, 2) == (0.5, pytest.approx(5 + 1 - 2 * 0.5))
+
+
+def _stubs(image_size=96, progressive=None):
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(max_epochs=None), callbacks=[])
+    datamodule = SimpleNamespace(hparams=SimpleNamespace(image_size=image_size, progressive=progressive))
+    return trainer, datamodule
+
+
+def test_gradient_accumulation_costs_every_batch(monkeypatch):
+    """With accumulate_grad_batches=4 an epoch still runs all its 100 batches: 52 s an epoch (100 x 0.5 s and a 2 s
+    validation pass) fits 10 epochs in 0.97 x 600 s (10 x 52 + 2 + 15 = 537 s, 11 epochs 589 s); counting 25 steps
+    an epoch planned 38."""
+    monkeypatch.setattr(budget, "measure", lambda *a: Measured({96: 0.5}, {96: 0.0}, 2.0, 100))
+    for accumulate in (1, 4):
+        cfg = compose_train(["trainer.budget_minutes=10", f"trainer.accumulate_grad_batches={accumulate}"])
+        trainer, datamodule = _stubs()
+        plan = fit_to_budget(cfg, trainer, None, datamodule, None, time.time())
+        assert plan["max_epochs"] == trainer.fit_loop.max_epochs == cfg.trainer.max_epochs == 10
+
+
+def test_a_budget_too_short_for_one_epoch_says_so(caplog):
+    timings = Timings({96: 0.5}, 100, 10.0, 96, None, None)  # one epoch: 50 + 2 x 10 + 15 = 85 s
+    with caplog.at_level(logging.WARNING, logger="catdog.budget"):
+        plan = plan_epochs(60, 0, timings)
+    assert plan["max_epochs"] == 1
+    assert "trainer.budget_minutes=1 is too short for one epoch: it is estimated at 1.4 min" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="catdog.budget"):
+        plan_epochs(600, 0, timings)
+    assert "too short" not in caplog.text
+
+
+def test_the_backstop_is_a_little_past_the_budget_unless_max_time_is_set(monkeypatch):
+    monkeypatch.setattr(budget, "measure", lambda *a: Measured({96: 0.5}, {96: 0.0}, 2.0, 100))
+    cfg = compose_train(["trainer.budget_minutes=10"])
+    trainer, datamodule = _stubs()
+    plan = fit_to_budget(cfg, trainer, None, datamodule, None, time.time() - 30)
+    (timer,) = trainer.callbacks
+    assert isinstance(timer, Timer) and timer._interval == "epoch"
+    # 1.05 x 600 s, less the 30 s spent before the fit and the final validation pass and overhead
+    expected = budget.BACKSTOP * 600 - 30 - 2.0 - budget.FINAL_OVERHEAD_S
+    assert timer._duration == pytest.approx(expected, abs=1.0) and backstop_s(plan, 30) == pytest.approx(expected)
+    cfg = compose_train(["trainer.budget_minutes=10", "+trainer.max_time=00:01:00:00"])
+    trainer, datamodule = _stubs()
+    fit_to_budget(cfg, trainer, None, datamodule, None, time.time())
+    assert trainer.callbacks == []
 
 
 def test_ramp_and_candidate_sizes():

@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from catdog.builders import build_trainer
-from catdog.data.datamodule import EpochShuffleSampler, ShardSampler
+from catdog.data.samplers import EpochShuffleSampler, ShardSampler
 from catdog.distributed import SEED_ENV, check_distributed, gather_predictions, launch_rank
 from catdog.errors import ConfigError
 from tests.conftest import CONF_DIR, TINY, compose_train, needs_extra

@@ -81,6 +81,53 @@ def test_check_csv_config_names_the_key(tmp_path):
         check_csv_config(None, {"images": "file"})
     with pytest.raises(ConfigError, match="data.csv_columns.label must be a column name"):
         check_csv_config(None, {"label": ""})
+    with pytest.raises(ConfigError, match="data.csv_outside_dir must be true or false, got 'yes'"):
+        check_csv_config(None, None, "yes")
+
+
+def _outside_data_dir(tmp_path):
+    """(data.dir, the rows that name images in it in other ways, the rows that lead out of it): a subfolder, an
+    absolute path inside, a ``..`` that comes back, a link to an image inside, and data.dir reached through a link;
+    then ``../x``, an absolute path elsewhere, a link under data.dir to an image outside and a linked folder."""
+    real = tmp_path / "real"
+    for name in ("top.png", "sub/deep.png", "sub/other.png", "target.png"):
+        make_image(real / name, 0)
+    root = tmp_path / "data"
+    root.symlink_to(real, target_is_directory=True)
+    (real / "alias.png").symlink_to(real / "target.png")
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("outside.png", "abs.png", "linked.png", "dir/x.png"):
+        make_image(elsewhere / name, 1)
+    (real / "escape.png").symlink_to(elsewhere / "linked.png")
+    (real / "door").symlink_to(elsewhere / "dir", target_is_directory=True)
+    inside = ["top.png", "sub/deep.png", str(root / "sub" / "other.png"), "sub/../target.png", "alias.png"]
+    outside = ["../elsewhere/outside.png", str(elsewhere / "abs.png"), "escape.png", "door/x.png"]
+    return root, inside, outside
+
+
+def test_rows_outside_data_dir_are_refused_unless_allowed(tmp_path):
+    root, inside, outside = _outside_data_dir(tmp_path)
+    rows = [*inside[:2], *outside, *inside[2:]]
+    path = root / "labels.csv"
+    path.write_text("image,label\n" + "".join(f"{v},{['cat', 'dog'][i % 2]}\n" for i, v in enumerate(rows)))
+    shown = ", ".join(f"line {i + 4}: {v!r}" for i, v in enumerate(outside[:3]))
+    message = (
+        f"{path}, column 'image': 4 row(s) name an image outside {root} (data.dir; symlinks followed) ({shown} and 1 "
+        "more); images must lie under data.dir, or set data.csv_outside_dir=true to read them from anywhere"
+    )
+    for read in (read_csv_dataset, read_csv_images):
+        with pytest.raises(DatasetError) as refused:
+            read(path, root)
+        assert str(refused.value) == message
+    assert read_csv_dataset(path, root, outside_dir=True).images.paths == [str(root / v) for v in rows]
+    assert read_csv_images(path, root, outside_dir=True)[1] == rows
+    for value in outside:  # each way out on its own
+        path.write_text(f"image,label\n{inside[0]},cat\n{value},dog\n")
+        with pytest.raises(DatasetError, match=f"1 row\\(s\\) name an image outside .*line 3: {value!r}"):
+            read_csv_dataset(path, root)
+    path.write_text("image,label\n" + "".join(f"{v},{['cat', 'dog'][i % 2]}\n" for i, v in enumerate(inside)))
+    assert read_csv_dataset(path, root).images.paths == [str(root / v) for v in inside]
+    assert read_csv_images(path, tmp_path / "real")[0] == [str(tmp_path / "real" / v) for v in inside]
 
 
 def test_datamodule_uses_the_user_split_or_folds(tmp_path):
@@ -99,3 +146,16 @@ def test_datamodule_uses_the_user_split_or_folds(tmp_path):
     random = CatDogDataModule(dir=str(tmp_path), csv=str(plain), image_size=32, num_workers=0, val_fraction=0.25)
     random.setup("fit")
     assert len(random.val_set) == 4 and sorted(random.val_set.labels) == [0, 0, 1, 1]  # stratified
+
+
+def test_datamodule_reads_images_outside_data_dir_only_when_allowed(tmp_path):
+    rows = [(f"img/{i}.png", ["cat", "dog"][i % 2]) for i in range(8)] + [("../far/x.png", "dog")]
+    path = make_csv_data(tmp_path / "data", rows)
+    refused = CatDogDataModule(dir=str(tmp_path / "data"), csv=str(path), image_size=32, num_workers=0)
+    with pytest.raises(DatasetError, match=r"1 row\(s\) name an image outside .*line 10: '../far/x.png'"):
+        refused.setup("fit")
+    allowed = CatDogDataModule(
+        dir=str(tmp_path / "data"), csv=str(path), image_size=32, num_workers=0, csv_outside_dir=True
+    )
+    allowed.setup("fit")
+    assert str(tmp_path / "data" / "../far/x.png") in allowed.train_set.paths + allowed.val_set.paths

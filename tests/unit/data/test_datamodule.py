@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from catdog.data.datamodule import (
-    BalancedEpochSampler,
-    CatDogDataModule,
-    EpochShuffleSampler,
-    ImageDataset,
-    collate_skip_none,
-)
+from catdog.data.datamodule import CatDogDataModule, ImageDataset, collate_skip_none
+from catdog.data.samplers import EpochShuffleSampler
 from catdog.data.transforms import ProgressiveTransform
 from catdog.errors import BadImageError, ConfigError
 from catdog.runs.layout import split_text
 from catdog.runs.resume import check_same_split
 from catdog.submission import write_submission
-from tests.conftest import make_flat
+from tests.conftest import make_flat, make_image
 
 
 def _datamodule(root, tmp_path, pipeline, image_size=32, **kw):
@@ -65,6 +60,36 @@ def test_device_training_batches_repeat_exactly_and_follow_progressive_sizes(tmp
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(first, again, strict=True))
     x, y, _ = epoch_batches(2)[0]
     assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
+
+
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_balanced_repeats_of_an_image_are_augmented_apart(tmp_path, pipeline):
+    """data.sampler=balanced on a 9:1 set draws each minority image ~5 times an epoch: every draw gets its own
+    crop and flip (before, the (seed, epoch, index) seed made every repeat a pixel-identical copy), and an epoch's
+    batches are the same when the datamodule is rebuilt (a resumed run)."""
+    root = tmp_path / "data"
+    for i in range(18):
+        make_image(root / "train" / f"cat.{i}.jpg", 0, seed=i)
+    for i in range(2):
+        make_image(root / "train" / f"dog.{i}.jpg", 1, seed=100 + i)
+
+    def epoch_images():
+        dm = _datamodule(root, tmp_path, pipeline, val_fraction=0.1, sampler="balanced")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        return [(int(i), x) for xb, _, ib in _batches(dm, loader) for x, i in zip(xb, ib)]
+
+    drawn = epoch_images()
+    by_index = {}
+    for i, x in drawn:
+        by_index.setdefault(i, []).append(x)
+    repeats = [xs for xs in by_index.values() if len(xs) > 1]
+    assert repeats, "a 9:1 balanced draw repeats the minority images"
+    for xs in repeats:
+        for a in range(len(xs)):
+            assert not any(torch.equal(xs[a], xs[b]) for b in range(a + 1, len(xs)))
+    again = epoch_images()
+    assert all(i == j and torch.equal(x, y) for (i, x), (j, y) in zip(drawn, again, strict=True))
 
 
 def test_dataset_skip_returns_none_for_a_file_corrupted_after_setup(flat_data):
@@ -193,18 +218,3 @@ def test_excluded_images_leave_both_sides_and_the_rest_keep_their_fold(tmp_path)
     fold_of = dict(zip(plain.all_labelled.paths, plain.fold_assignment))
     assert dict(zip(dm.all_labelled.paths, dm.fold_assignment)) == {p: f for p, f in fold_of.items() if p not in drop}
     assert dm.excluded == sorted(drop)
-
-
-def test_balanced_sampler_draws_every_class_alike_from_seed_and_epoch_alone():
-    labels = [0] * 90 + [1] * 10
-    sampler = BalancedEpochSampler(labels, seed=3, epoch=2)
-    drawn = list(sampler)
-    assert len(drawn) == 100 and all(200 <= c < 300 for c in drawn)  # epoch * n + index
-    again = BalancedEpochSampler(labels, seed=3, epoch=2)
-    assert list(again) == drawn
-    sampler.set_epoch(3)
-    assert list(sampler) != drawn
-    minority = sum(labels[c % 100] for e in range(20) for c in BalancedEpochSampler(labels, 0, e))
-    assert 0.45 < minority / 2000 < 0.55
-    shards = [list(BalancedEpochSampler(labels, 3, 2, rank=r, world=2)) for r in (0, 1)]
-    assert sorted(shards[0] + shards[1]) == sorted(drawn) and len(shards[0]) == len(shards[1]) == 50

@@ -3,6 +3,7 @@ pixels as torchvision computes them, determinism per (seed, epoch, index)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -19,8 +20,34 @@ from catdog.data.device_augment import (
     magnitude_table,
     resized_crop_boxes,
 )
+from catdog.data.transforms import train_transform
+from catdog.errors import ConfigError
 
 N = 20_000
+#: Two-sample Kolmogorov-Smirnov tests reject at this level: a false alarm once in a million seeds.
+KS_ALPHA = 1e-6
+#: Deviations of a share allowed, in standard errors (two-sided p ~ 6e-7).
+Z = 5.0
+JITTER_ORDERS = list(itertools.permutations(range(3)))  # (brightness, contrast, saturation) indices
+
+
+def _ks(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = a.flatten().double().sort().values, b.flatten().double().sort().values
+    points = torch.cat([a, b])
+    gap = torch.searchsorted(a, points, right=True) / len(a) - torch.searchsorted(b, points, right=True) / len(b)
+    return float(gap.abs().max())
+
+
+def _ks_critical(n: int, m: int, alpha: float = KS_ALPHA) -> float:
+    """The KS statistic that samples of sizes n and m of one distribution exceed with probability ``alpha``
+    (the asymptotic bound sqrt(-ln(alpha / 2) / 2) * sqrt((n + m) / (n m)))."""
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+def _workers_jitter(j: float) -> v2.ColorJitter:
+    """The ``ColorJitter`` in the workers pipeline's train transform at ``data.augment.color_jitter=j``."""
+    return next(t for t in train_transform(32, color_jitter=j).transforms if isinstance(t, v2.ColorJitter))
 
 
 # ----- random numbers and parameters --------------------------------------------------------------------------------
@@ -131,6 +158,33 @@ def test_flip_rate_rotation_range_and_jitter_range():
     assert not bool(none["flip"].any()) and not bool(none["angle"].any())
 
 
+@pytest.mark.parametrize("j", [0.2, 1.5])
+def test_jitter_factors_and_orders_are_the_workers_colorjitters(j):
+    n = N
+    aug = BatchAugment(seed=4, color_jitter=j)
+    p = aug.sample(torch.full((n,), 50), torch.full((n,), 50), torch.arange(n), epoch=1, size=32)
+    jitter = _workers_jitter(j)
+    torch.manual_seed(0)
+    theirs = [jitter.make_params([]) for _ in range(n)]
+    for k, name in enumerate(("brightness", "contrast", "saturation")):
+        lo, hi = getattr(jitter, name)
+        assert (lo, hi) == (max(0.0, 1 - j), 1 + j)  # torchvision clamps the low end at 0: no inverted images
+        ours = p["jitter"][:, k]
+        ulp = 2.0**-22  # float32's spacing at the largest bound here (2.5): the bounds' own rounding
+        assert float(ours.min()) >= lo - ulp and float(ours.max()) <= hi + ulp, name
+        their_factors = torch.tensor([t[f"{name}_factor"] for t in theirs])
+        assert _ks(ours, their_factors) < _ks_critical(n, n), name
+    # the order: one of the 3! alike per image, as torchvision's randperm(4) orders the three operations that are on
+    ours_orders = [tuple(o) for o in p["order"].tolist()]
+    their_orders = [tuple(int(i) for i in t["fn_idx"] if i < 3) for t in theirs]
+    share = 1 / len(JITTER_ORDERS)
+    se = math.sqrt(share * (1 - share) / n)  # 0.0026 at n = 20,000
+    for order in JITTER_ORDERS:
+        ours_share, their_share = ours_orders.count(order) / n, their_orders.count(order) / n
+        assert abs(ours_share - share) < Z * se and abs(their_share - share) < Z * se, order
+        assert abs(ours_share - their_share) < Z * math.sqrt(2) * se, order
+
+
 # ----- pixels ---------------------------------------------------------------------------------------------------------
 def _images(b=6, side=48, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -221,3 +275,71 @@ def test_a_samples_augmentation_does_not_depend_on_its_batch():
     assert torch.allclose(part, full[rows], atol=1e-5)
     other_epoch = aug(x, hw, hw, torch.arange(8), epoch=4, size=32)
     assert not torch.allclose(other_epoch, full, atol=1e-2)
+
+
+@pytest.mark.parametrize("j", [0.5, 1.5])
+def test_jittered_pixels_follow_the_workers_colorjitter(j):
+    # The same 8 images, each 1,250 times: the device pipeline (its crop and flip the identity) against the workers
+    # pipeline's ColorJitter on the same pixels. Past j = 1 torchvision draws factors from [0, 1 + j]: no inverted
+    # images and, only where a brightness factor is near 0, black ones.
+    n = 10_000
+    base = _images(b=8, side=8, seed=1)
+    idx = torch.arange(n)
+    side = torch.full((n,), 8)
+    aug = BatchAugment(seed=2, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_jitter=j)
+    ours = aug(base[idx % 8], side, side, idx, epoch=0, size=8)
+    jitter = _workers_jitter(j)
+    torch.manual_seed(0)
+    theirs = torch.stack([jitter(base[i % 8].float() / 255) for i in range(n)])
+    critical = _ks_critical(n, n)  # 0.038
+    for stat in (
+        lambda x: x.mean(dim=(1, 2, 3)),  # brightness
+        lambda x: x.std(dim=(1, 2, 3)),  # contrast
+        lambda x: (x.amax(dim=1) - x.amin(dim=1)).mean(dim=(1, 2)),  # colourfulness
+    ):
+        assert _ks(stat(ours), stat(theirs)) < critical
+    black_ours = float((ours.amax(dim=(1, 2, 3)) < 0.5 / 255).float().mean())  # every pixel rounds to 0
+    black_theirs = float((theirs.amax(dim=(1, 2, 3)) < 0.5 / 255).float().mean())
+    pooled = (black_ours + black_theirs) / 2
+    # the standard error of the difference of two shares: 0.0004 at j = 1.5 (shares near 0.001); 1 / n: one image
+    se = math.sqrt(2 * pooled * (1 - pooled) / n)
+    assert abs(black_ours - black_theirs) <= Z * se + 1 / n, (black_ours, black_theirs)
+
+
+def test_each_image_gets_its_own_jitter_order():
+    # Brightness, contrast and saturation commute until a blend clamps to [0, 1]: an image whose pixels clamped
+    # matches the one order it was jittered in; the others match several. Each image must match the order drawn for
+    # it, and every order must be the only match of some image (each is expected ~20 times here).
+    b, side = 240, 16
+    x = _images(b=b, side=side, seed=3)
+    hw, idx = torch.full((b,), side), torch.arange(b)
+    aug = BatchAugment(seed=6, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_jitter=0.5)
+    out = aug(x, hw, hw, idx, epoch=0, size=side)
+    factors = aug.sample(hw, hw, idx, 0, side)["jitter"]
+    kernels = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    # float32 rounding, at worst: the grey mean sums 3 x 256 values (768 ulps of 6e-8: 4.6e-5), weighed by |1 - c| <=
+    # 0.5 in the contrast blend and amplified at most 2x and 1.5x by the later ones (|f| + |1 - f| with f <= 1.5): 7e-5
+    tolerance = 1e-4
+    matches, only = [], set()
+    for i in range(b):
+        fits = []
+        for order in JITTER_ORDERS:
+            ref = x[i].float() / 255
+            for k in order:
+                ref = kernels[k](ref, float(factors[i, k]))
+            if float((out[i] - ref).abs().max()) < tolerance:
+                fits.append(order)
+        assert fits, i  # the output is the workers' jitter in one of the orders
+        matches.append(fits)
+        if len(fits) == 1:
+            only.add(fits[0])
+    assert only == set(JITTER_ORDERS)
+    drawn = [tuple(o) for o in aug.sample(hw, hw, idx, 0, side)["order"].tolist()]
+    assert all(order in fits for order, fits in zip(drawn, matches))
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.2", True])
+def test_both_pipelines_refuse_the_same_jitter_strengths(bad):
+    for build in (lambda: BatchAugment(seed=0, color_jitter=bad), lambda: train_transform(32, color_jitter=bad)):
+        with pytest.raises(ConfigError, match=r"data.augment.color_jitter must be a number >= 0"):
+            build()

@@ -39,7 +39,7 @@ def test_kfold_run_started_before_pseudo_labels_csv_data_and_class_weights_still
     check_kfold_settings(cfg, tmp_path)
     path = tmp_path / KFOLD_SETTINGS
     saved = json.loads(path.read_text())
-    for key in ("pseudo", "exclude", "csv", "csv_columns", "sampler"):
+    for key in ("pseudo", "exclude", "csv", "csv_columns", "csv_outside_dir", "sampler"):
         del saved["data"][key]
     del saved["model"]["class_weights"]
     path.write_text(json.dumps(saved))
