@@ -29,18 +29,19 @@ weights of the members so scaled are fitted. Members without a mistake thus give
 the sharpening its own mistakes allow, and as each member alone, so scaled, is one of the blends the fit weighs, the
 fitted blend does no worse on the rows than the best of them. The record says ``separated``.
 
-What is fitted and what is applied. The rows that fit the weights and T are ``oof.csv``'s: each image predicted once,
-by the one fold model that did not train on it, in one plain pass (no TTA), as validation during training made it.
-``predict.py`` applies them to something else: each run's K fold models combined (``ensemble=prob``: the mean of
-their probabilities; ``logit``: the renormalized mean of their log-probabilities), each model's probabilities
-averaged over the plain pass and ``tta`` augmented views. No row of that kind exists out of fold (every labelled
-image trained K - 1 of the K models), and averages of models or of views are less sure of themselves than one
-model's plain pass, so the T fitted on the rows need not be the best one for what it is applied to. ``blend.json``
-says both (``fitted_on``, ``applied_to``), and predict.py warns when ``tta`` > 0 widens the difference.
+What is fitted and what is applied. The rows that fit the weights and T are out-of-fold: each image predicted once,
+by the one fold model that did not train on it, with the prediction's TTA (``oof.csv``'s plain pass at ``tta=0``;
+made again with the views by :mod:`catdog.oof_views` otherwise, and kept in the run folder). ``predict.py`` applies
+them to each run's K fold models combined (``ensemble=prob``: the mean of their probabilities; ``logit``: the
+renormalized mean of their log-probabilities). No out-of-fold row of a K-model average exists (every labelled image
+trained K - 1 of the K models), and the average is a little less sure of itself than one model: on the shared
+images the held-out T of two 2-fold runs' blend was 0.88x the fitted one at ``tta=0``, worth 0.002 nats
+(``docs/results.md``). ``blend.json`` says both (``fitted_on``, ``applied_to``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -60,11 +61,6 @@ log = logging.getLogger(__name__)
 BLEND_MODES = ("mean", "oof")
 #: log(p) of a probability of 0 (a member that is certain and wrong) is clipped here.
 LOG_EPS = 1e-15
-#: What the weights and T are fitted on (``blend.json``'s ``fitted_on``; see the module docstring).
-FITTED_ON = (
-    "out-of-fold rows (oof.csv): each image predicted once, by the one fold model that did not train on it, in one "
-    "plain pass (tta=0)"
-)
 
 
 def check_blend(value) -> str:
@@ -87,6 +83,20 @@ class OofRun:
     probs: np.ndarray
     classes: list[str]
     checkpoints: list[Path]
+    #: the fold each of :attr:`checkpoints` was trained for (its manifest's ``fold``)
+    member_folds: list[int | None] = dataclasses.field(default_factory=list)
+    #: the TTA the rows were predicted with (``oof.csv``: 0; :mod:`catdog.oof_views`: the prediction's)
+    tta: int = 0
+    views: str | None = None
+
+    def fitted_on(self) -> str:
+        """What the rows are (``blend.json``'s ``fitted_on``)."""
+        where = "oof.csv" if not self.tta else f"oof_tta{self.tta}_{self.views}.csv"
+        passes = "in one plain pass (tta=0)" if not self.tta else f"with tta={self.tta} ({self.views} views)"
+        return (
+            f"out-of-fold rows ({where}): each image predicted once, by the one fold model that did not train on it, "
+            f"{passes}"
+        )
 
 
 def read_oof_run(run: str | Path) -> OofRun:
@@ -110,6 +120,7 @@ def read_oof_run(run: str | Path) -> OofRun:
         probs=probs[order],
         classes=classes,
         checkpoints=[run / m["checkpoint"] for m in manifest["members"]],
+        member_folds=[m.get("fold") for m in manifest["members"]],
     )
 
 
@@ -305,28 +316,31 @@ class Blend:
         return markdown_table(header, rows)
 
     def announce(self, mode: str, tta: int, views: str) -> str:
-        """Log what the weights and T were fitted on (:data:`FITTED_ON`) and what predict.py applies them to: each
-        run's fold models combined by ``ensemble=mode``, each with ``tta`` augmented views of ``tta_views=views``, with
-        a warning when ``tta`` > 0 widens the difference. Returns the latter (``blend.json``'s ``applied_to``)."""
+        """Log what the weights and T were fitted on (the runs' rows, :meth:`OofRun.fitted_on`) and what predict.py
+        applies them to: each run's fold models combined by ``ensemble=mode``, each with ``tta`` augmented views of
+        ``tta_views=views``, with a warning where the rows had other views. Returns the latter (``blend.json``'s
+        ``applied_to``)."""
         models = "/".join(str(k) for k in sorted({len(r.checkpoints) for r in self.runs}))
         combined = "mean of their probabilities" if mode == "prob" else "renormalized mean of their log-probabilities"
         passes = f"the plain pass and {tta} augmented view(s) (tta={tta}, tta_views={views})" if tta else "tta=0"
         applied = f"each run's {models} fold models combined by ensemble={mode} ({combined}), each model with {passes}"
-        log.info("blend=oof: fitted on %s; applied to %s", FITTED_ON, applied)
-        if tta:
+        log.info("blend=oof: fitted on %s; applied to %s", self.record["fitted_on"], applied)
+        fitted = self.runs[0]
+        if (fitted.tta, fitted.views if fitted.tta else None) != (tta, views if tta else None):
             log.warning(
-                "blend=oof: the weights and T were fitted on plain out-of-fold predictions (tta=0) and are applied "
-                "with tta=%d: averaged views are less sure of themselves, so the fitted T need not suit them (check "
-                "with labelled images no fold model trained on)", tta,
+                "blend=oof: the weights and T were fitted on out-of-fold predictions with tta=%d and are applied with "
+                "tta=%d: averaged views are less sure of themselves, so the fitted T need not suit them", fitted.tta,
+                tta,
             )  # fmt: skip
         return applied
 
 
-def fit_oof_blend(runs: Sequence[str | Path]) -> Blend:
-    """Read the k-fold runs, check that they share their images and folds, and fit the blend on their out-of-fold
+def fit_oof_blend(runs: Sequence[str | Path | OofRun]) -> Blend:
+    """Read the k-fold runs (folders, or their rows already read: :func:`read_oof_run`, or made with TTA by
+    :mod:`catdog.oof_views`), check that they share their images and folds, and fit the blend on their out-of-fold
     rows; the record holds every member's and the blend's out-of-fold log loss and accuracy, which members were
     uninformative and whether the rows were separated (see the module docstring)."""
-    oof = [read_oof_run(r) for r in runs]
+    oof = [r if isinstance(r, OofRun) else read_oof_run(r) for r in runs]
     check_same_rows(oof)
     ref = oof[0]
     index = {c: i for i, c in enumerate(ref.classes)}
@@ -368,7 +382,7 @@ def fit_oof_blend(runs: Sequence[str | Path]) -> Blend:
         "weights": fit.weights,
         "temperature": fit.temperature,
         "separated": fit.separated,
-        "fitted_on": FITTED_ON,
+        "fitted_on": ref.fitted_on(),
         "blend": {
             "images": len(targets),
             "logloss_in_sample": log_loss(in_sample, targets),

@@ -14,9 +14,15 @@ What the estimate counts: every training batch (with ``trainer.accumulate_grad_b
 k batches, the batch timed as such), the first steps at each size that run slower than the rest (allocations, kernel
 choice and, with ``model.compile=true``, compilation: the probe's warm-up steps' excess over the steady state), a
 validation pass per epoch and the final scoring. It leaves out DDP's gradient all-reduce: the probe runs on one
-process. A budget too short for one epoch trains one epoch, with a warning that gives the estimate. As a backstop,
-the Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget (Lightning's ``Timer``),
-unless ``trainer.max_time`` is set.
+process. A budget too short for one epoch trains one epoch, with a warning that gives the estimate.
+
+The probe's steps are not the whole story (a machine's sustained pace, the epoch's bookkeeping, checkpoints), so the
+plan is corrected once, at the end of epoch :data:`CHECK_EPOCH` (the first without the run's one-off costs):
+:class:`PlanCheck` scales the estimate's training and validation costs by that epoch's measured time over its
+estimate and re-plans the remaining epochs from the time really spent, keeping the progressive ramp; the Trainer, the
+checkpoints' record and the learning-rate schedule (stretched or shrunk to the new length from the step it reached)
+follow. As a backstop, the Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget
+(Lightning's ``Timer``), unless ``trainer.max_time`` is set.
 
 A k-fold run (``data.folds=K``) gives the budget to each fold: the first fold plans, every later fold (also in a
 resumed run) trains the first fold's plan, so the K members share one schedule and the whole run takes about K times
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -41,13 +48,13 @@ from datetime import timedelta
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, open_dict
-from pytorch_lightning.callbacks import Timer
+from pytorch_lightning.callbacks import Checkpoint, Timer
 
 from catdog.builders import build_probe_trainer
 from catdog.data.transforms import progressive_size
 from catdog.distributed import externally_launched, secondary_rank, world_size
 from catdog.errors import ConfigError
-from catdog.runs.resume import RUN_SETTINGS_KEY
+from catdog.runs.resume import RUN_SETTINGS_KEY, run_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +70,12 @@ VAL_WARMUP = 2
 VAL_BATCHES = 6
 #: Seconds a run spends after its last epoch besides one validation pass (calibration, result files, report).
 FINAL_OVERHEAD_S = 15.0
-#: Share of the budget planned for: the estimate's own error and the per-epoch bookkeeping come out of the rest.
-SAFETY = 0.97
+#: Share of the budget planned for: what the estimate still misses after its correction comes out of the rest.
+SAFETY = 0.99
 #: The Trainer stops at the end of the first epoch that ends past this share of the budget (the estimate's error).
 BACKSTOP = 1.05
+#: The epoch whose wall time corrects the plan (:class:`PlanCheck`): the first after the one-off costs of epoch 0.
+CHECK_EPOCH = 1
 
 
 def check_budget(cfg: DictConfig) -> float | None:
@@ -114,29 +123,42 @@ class Timings:
     def ramp(self, epochs: int) -> dict | None:
         return scaled_progressive(self.progressive, epochs, self.base_epochs)
 
-    def estimate_s(self, epochs: int) -> float:
-        """Seconds an ``epochs`` run takes: every epoch's steps at its size, the first steps' extra cost once per
-        size, a validation pass per epoch, and the final scoring (one more validation pass and
-        :data:`FINAL_OVERHEAD_S`)."""
+    def estimate_s(self, epochs: int, done: int = 0) -> float:
+        """Seconds an ``epochs`` run takes after its first ``done`` epochs: every further epoch's steps at its size,
+        the first steps' extra cost once per size not trained yet, a validation pass per epoch, and the final scoring
+        (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
         ramp = self.ramp(epochs)
         sizes = [progressive_size(e, self.image_size, ramp) for e in range(epochs)]
-        steps = sum(self.step_s[size] for size in sizes)
-        first = sum((self.first_s or {}).get(size, 0.0) for size in set(sizes))
-        return self.steps_per_epoch * steps + first + (epochs + 1) * self.val_s + FINAL_OVERHEAD_S
+        steps = sum(self.step_s[size] for size in sizes[done:])
+        first = sum((self.first_s or {}).get(size, 0.0) for size in set(sizes[done:]) - set(sizes[:done]))
+        return self.steps_per_epoch * steps + first + (epochs - done + 1) * self.val_s + FINAL_OVERHEAD_S
+
+    def scaled(self, train: float, val: float) -> Timings:
+        """These timings with every training cost times ``train`` and the validation pass times ``val``."""
+        return dataclasses.replace(
+            self,
+            step_s={k: v * train for k, v in self.step_s.items()},
+            first_s={k: v * train for k, v in (self.first_s or {}).items()},
+            val_s=self.val_s * val,
+        )
 
 
-def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: int = 10_000) -> dict:
-    """The largest number of epochs (at least 1) whose :meth:`Timings.estimate_s` fits in
-    ``SAFETY x budget_s - spent_s``; one epoch, with a warning giving its estimate, when not even one fits."""
+def plan_epochs(
+    budget_s: float, spent_s: float, timings: Timings, max_epochs: int = 10_000, done: int = 0, least: int = 1
+) -> dict:
+    """The largest number of epochs (at least ``least`` and the ``done`` ones already trained) whose
+    :meth:`Timings.estimate_s` after the ``done`` epochs fits in ``SAFETY x budget_s - spent_s``; the least, with a
+    warning giving its estimate for a fresh plan, when not even that fits."""
     left = SAFETY * budget_s - spent_s
-    best, best_s = 1, timings.estimate_s(1)
-    if best_s > left:
+    least = max(1, done, least)
+    best, best_s = least, timings.estimate_s(least, done)
+    if best_s > left and not done:
         log.warning(
             "trainer.budget_minutes=%g is too short for one epoch: it is estimated at %.1f min (%.1f min already "
             "spent): training 1 epoch", budget_s / 60, best_s / 60, spent_s / 60,
         )  # fmt: skip
-    for epochs in range(2, max_epochs + 1):
-        estimate = timings.estimate_s(epochs)
+    for epochs in range(least + 1, max_epochs + 1):
+        estimate = timings.estimate_s(epochs, done)
         if estimate > left:
             break
         best, best_s = epochs, estimate
@@ -148,6 +170,7 @@ def plan_epochs(budget_s: float, spent_s: float, timings: Timings, max_epochs: i
         "step_s": {str(k): round(v, 4) for k, v in sorted(timings.step_s.items())},  # as JSON and checkpoints keep it
         "first_s": {str(k): round(v, 2) for k, v in sorted((timings.first_s or {}).items())},
         "val_s": round(timings.val_s, 2),
+        "batches": timings.steps_per_epoch,
     }
 
 
@@ -314,8 +337,94 @@ def fit_to_budget(
     else:
         plan = _measured_plan(cfg, trainer, model, datamodule, budget * 60, started)
     apply_plan(cfg, trainer, datamodule, plan)
+    fresh = (ckpt or {}).get(RUN_SETTINGS_KEY) is None and given is None
+    if fresh and "corrected" not in plan and plan["max_epochs"] > CHECK_EPOCH + 1:
+        add_callback(trainer, PlanCheck(cfg, datamodule, plan, started))
     add_backstop(cfg, trainer, plan, time.time() - started)
     return plan
+
+
+def add_callback(trainer, callback: pl.Callback) -> None:
+    """``callback`` on ``trainer`` ahead of its checkpoint callbacks (Lightning runs those last), so that what it
+    changes at the end of validation is in the checkpoints saved then."""
+    at = next((i for i, c in enumerate(trainer.callbacks) if isinstance(c, Checkpoint)), len(trainer.callbacks))
+    trainer.callbacks.insert(at, callback)
+
+
+def correct_plan(plan: dict, timings: Timings, train_s: float, val_s: float | None, elapsed_s: float) -> dict:
+    """The plan after epoch :data:`CHECK_EPOCH` trained in ``train_s`` seconds and validated in ``val_s`` (None: it did
+    not validate): the estimate's training costs scaled by the ratio of that epoch's time to its estimate, its
+    validation pass likewise, and the epochs re-planned from ``elapsed_s`` (seconds since the run started) on. The
+    progressive ramp stays as planned (``timings``' own, DataLoader workers hold it), and the run keeps the epochs
+    at full size it was planned to have, up to one."""
+    size = progressive_size(CHECK_EPOCH, timings.image_size, timings.progressive)
+    before = progressive_size(CHECK_EPOCH - 1, timings.image_size, timings.progressive)
+    first = (timings.first_s or {}).get(size, 0.0) if size != before else 0.0
+    train = train_s / max(1e-9, timings.steps_per_epoch * timings.step_s[size] + first)
+    val = val_s / timings.val_s if val_s is not None and timings.val_s > 0 else 1.0
+    ramp = (timings.progressive or {}).get("epochs", 0)
+    least = min(plan["max_epochs"], ramp + 1)
+    new = plan_epochs(plan["budget_s"], elapsed_s, timings.scaled(train, val), done=CHECK_EPOCH + 1, least=least)
+    return {
+        **plan, "max_epochs": new["max_epochs"], "estimate_s": new["estimate_s"],
+        "corrected": {
+            "after_epoch": CHECK_EPOCH, "train_ratio": round(train, 3), "val_ratio": round(val, 3),
+            "planned_epochs": plan["max_epochs"], "planned_estimate_s": plan["estimate_s"],
+        },
+    }  # fmt: skip
+
+
+class PlanCheck(pl.Callback):
+    """Corrects the plan once, from the wall time of epoch :data:`CHECK_EPOCH` (the first epoch after the run's
+    one-off costs): :func:`correct_plan`, on rank zero, broadcast to the other processes; a changed number of epochs
+    goes to the Trainer, the config, the checkpoints' record and the learning-rate schedule (the same shape over the
+    new length, from the step it has reached)."""
+
+    def __init__(self, cfg: DictConfig, datamodule, plan: dict, started: float):
+        self.cfg, self.plan, self.started = cfg, plan, started
+        hp = datamodule.hparams  # its ramp: the plan's (apply_plan)
+        self.timings = Timings(
+            {int(k): v for k, v in plan["step_s"].items()}, int(plan["batches"]), float(plan["val_s"]),
+            hp.image_size, dict(hp.progressive) if hp.progressive else None, None,
+            {int(k): v for k, v in plan.get("first_s", {}).items()},
+        )  # fmt: skip
+        self.train_start = self.val_start = self.train_s = None
+        self.done = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == CHECK_EPOCH:
+            self.train_start = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == CHECK_EPOCH and self.train_start is not None:
+            self.val_start = time.perf_counter()
+            self.train_s = self.val_start - self.train_start
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and self.val_start is not None and not self.done:
+            self._correct(trainer, pl_module, self.train_s, time.perf_counter() - self.val_start)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == CHECK_EPOCH and self.train_start is not None and not self.done:  # no validation
+            self._correct(trainer, pl_module, time.perf_counter() - self.train_start, None)
+
+    def _correct(self, trainer, pl_module, train_s: float, val_s: float | None) -> None:
+        self.done = True
+        plan = correct_plan(self.plan, self.timings, train_s, val_s, time.time() - self.started)
+        plan = trainer.strategy.broadcast(plan, src=0)
+        c = plan["corrected"]
+        log.info(
+            "time budget checked after epoch %d (its training %.2fx, validation %.2fx the estimate): %d epochs, "
+            "estimated %.1f min (planned %d)", c["after_epoch"], c["train_ratio"], c["val_ratio"], plan["max_epochs"],
+            plan["estimate_s"] / 60, c["planned_epochs"],
+        )  # fmt: skip
+        with open_dict(self.cfg):
+            self.cfg.trainer.max_epochs = int(plan["max_epochs"])
+        trainer.fit_loop.max_epochs = int(plan["max_epochs"])
+        pl_module.run_settings = {
+            **pl_module.run_settings, PLAN_KEY: plan, **run_settings(self.cfg),
+        }  # fmt: skip
+        pl_module.retarget_schedule()
 
 
 def _measured_plan(cfg: DictConfig, trainer, model, datamodule, budget_s: float, started: float) -> dict:

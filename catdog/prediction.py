@@ -7,13 +7,14 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.blending import Blend, fit_oof_blend
+from catdog.blending import Blend, check_same_rows, fit_oof_blend, read_oof_run
 from catdog.data.csv_data import read_csv_dataset, read_csv_images
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader
 from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
@@ -27,6 +28,7 @@ from catdog.inference import load_classifier
 from catdog.metrics import accuracy, log_loss
 from catdog.models.optim import plain
 from catdog.models.precision import autocast_dtype, resolve_device
+from catdog.oof_views import oof_with_views
 from catdog.progress import Periodic
 from catdog.report.build import safe_report, write_evaluation_report
 from catdog.runs.layout import BLEND_NAME, SPLIT_NAME, is_split_file, markdown_table, read_split
@@ -151,7 +153,14 @@ def predict(cfg: DictConfig):
     else:
         output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
-    members, blend, blend_path = _choose_members(cfg, outputs["predictions"] if cfg.labelled else output)
+    predict_member = functools.partial(
+        _predict_member, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers, precision=precision,
+        compile=bool(cfg.get("compile")), views=views, decoder=decoder,
+    )  # fmt: skip
+    settings = {"precision": str(autocast_dtype(precision, device)), "decoder": decoder}
+    members, blend, blend_path = _choose_members(
+        cfg, outputs["predictions"] if cfg.labelled else output, predict_member, settings
+    )
     applied = blend.announce(mode, tta, views) if blend is not None else None
     model = load_classifier(members[0])
     classes = model.classes
@@ -164,10 +173,6 @@ def predict(cfg: DictConfig):
         raise DatasetError(f"no readable images in {source}")
     member_probs, temperatures = [], []
     calibrate = bool(cfg.get("calibrate", True))
-    predict_member = functools.partial(
-        _predict_member, paths=kept, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers,
-        precision=precision, compile=bool(cfg.get("compile")), views=views, decoder=decoder,
-    )  # fmt: skip
     for i, member in enumerate(members):
         if i > 0:
             model = load_classifier(member)
@@ -183,7 +188,7 @@ def predict(cfg: DictConfig):
             if blend is not None else
             "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
         )  # fmt: skip
-        probs = predict_member(model, temperature=temperature)
+        probs = predict_member(model, paths=kept, temperature=temperature)
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)
@@ -243,12 +248,26 @@ def _input_images(cfg: DictConfig, model, source: Path, classes) -> tuple[list[s
     return paths, None, image_ids(paths)
 
 
-def _choose_members(cfg: DictConfig, written: Path) -> tuple[list[Path], Blend | None, Path | None]:
+def _choose_members(
+    cfg: DictConfig, written: Path, predict_member: Callable, settings: dict
+) -> tuple[list[Path], Blend | None, Path | None]:
     """The checkpoints to predict with; with ``blend=oof`` also the blend fitted on the k-fold runs' out-of-fold rows
-    and where its ``blend.json`` goes (beside ``written``, the predictions)."""
+    (with ``tta``, made with the same views by ``predict_member`` and ``settings``: :mod:`catdog.oof_views`) and where
+    its ``blend.json`` goes (beside ``written``, the predictions)."""
     if cfg.get("blend", "mean") != "oof":
         return resolve_members(cfg.ckpt, cfg.paths.log_dir), None, None
-    blend = fit_oof_blend(resolve_runs(cfg.ckpt, cfg.paths.log_dir))
+    runs = [read_oof_run(r) for r in resolve_runs(cfg.ckpt, cfg.paths.log_dir)]
+    if cfg.tta:
+        check_same_rows(runs)  # before any image is predicted
+        views = cfg.get("tta_views", "zoom")
+        runs = [
+            oof_with_views(
+                run, _data_root(cfg, load_classifier(run.checkpoints[0])), cfg.tta, views, settings,
+                lambda model, paths: predict_member(model, paths=paths, temperature=None),
+            )
+            for run in runs
+        ]  # fmt: skip
+    blend = fit_oof_blend(runs)
     path = check_writable(written.with_name(BLEND_NAME), cfg.overwrite)
     log.info(
         "blend=oof: weights %s, T = %.3f, fitted on %d out-of-fold rows",

@@ -39,6 +39,7 @@ from catdog.models.optim import (
     plain,
     scheduler_factory,
 )
+from catdog.models.schedules import is_catdog_schedule
 from catdog.models.tta import predict_views
 from catdog.runs.resume import RUN_SETTINGS_KEY, check_schedule_length
 
@@ -461,17 +462,39 @@ class ClassifierModule(pl.LightningModule):
         scheduler = scheduler_factory(self.hparams.scheduler)
         if scheduler is None:
             return optimizer
-        total, per_epoch = self._steps()
         # A resumed run continues its checkpoint's schedule: the same number of steps (catdog.runs.resume).
-        check_schedule_length(self._restored_settings, total, per_epoch)
+        check_schedule_length(self._restored_settings, *self._steps())
+        return {"optimizer": optimizer, "lr_scheduler": self._schedule_config(scheduler, optimizer)}
+
+    def _schedule_config(self, factory, optimizer) -> dict:
+        """Lightning's ``lr_scheduler`` dict of ``factory`` on ``optimizer`` for the Trainer's run length (noted in
+        the checkpoints' record)."""
+        total, per_epoch = self._steps()
         self._schedule = {"total_steps": total, "steps_per_epoch": per_epoch}
         head_epochs = int(self.hparams.finetune["head_epochs"])
-        unfreeze = head_epochs * per_epoch if head_epochs > 0 and blocks else None
-        config = build_scheduler(
-            scheduler, optimizer, total_steps=total, steps_per_epoch=per_epoch, unfreeze_step=unfreeze,
+        unfreeze = head_epochs * per_epoch if head_epochs > 0 and self._finetune_params() else None
+        return build_scheduler(
+            factory, optimizer, total_steps=total, steps_per_epoch=per_epoch, unfreeze_step=unfreeze,
             interval=self.hparams.scheduler_interval,
         )  # fmt: skip
-        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def retarget_schedule(self) -> None:
+        """Stretch or shrink a per-step learning-rate schedule to the Trainer's ``max_epochs`` as it is now (the time
+        budget's correction, :class:`catdog.budget.PlanCheck`): the same shape over the new number of steps, continued
+        from the step it has reached. Schedules stepped per epoch by ``torch.optim.lr_scheduler`` are left as they
+        are (their length is their own setting)."""
+        factory = scheduler_factory(self.hparams.scheduler)
+        if factory is None or not self._schedule or not is_catdog_schedule(factory):
+            return
+        (config,) = self.trainer.lr_scheduler_configs
+        scheduler = config.scheduler
+        # the new multipliers, built on a stand-in optimizer (building a LambdaLR sets its optimizer's learning rates)
+        stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        fresh = self._schedule_config(factory, stand_in)["scheduler"]
+        scheduler.lr_lambdas = [fresh.lr_lambdas[0]] * len(scheduler.optimizer.param_groups)
+        for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     def _steps(self) -> tuple[int, int]:
         """(total optimizer steps, steps per epoch) of this fit, from the Trainer."""

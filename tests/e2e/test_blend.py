@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from catdog.blending import LOG_EPS, cross_fitted_blend, log_probs, read_oof_run
+from catdog.blending import LOG_EPS, cross_fitted_blend, fit_oof_blend, log_probs, read_oof_run
 from catdog.errors import CheckpointError
 from catdog.models.calibration import cross_fitted
 from catdog.prediction import predict
@@ -77,19 +78,61 @@ def test_blend_writes_the_submission_with_the_weights_fitted_out_of_fold(kfold_p
     assert np.all(low - slack <= blended[:, 1]) and np.all(blended[:, 1] <= high + slack), (low, blended, high)
 
 
-def test_blend_json_says_what_the_weights_were_fitted_on_and_what_they_are_applied_to(kfold_pair, tmp_path, caplog):
+def test_with_tta_the_blend_is_fitted_on_out_of_fold_rows_with_the_same_views(kfold_pair, tmp_path, caplog):
+    """tta=1: each run's out-of-fold rows are predicted again with one zoom view, each image by the fold model that
+    did not train on it (the same numbers predict.py gives that model on its fold's split.csv), kept in the run folder
+    and reused; blend.json says what the blend was fitted on and applied to."""
     a, b, _ = kfold_pair
-    with caplog.at_level(logging.INFO, logger="catdog.blending"):
+    for run in (a, b):
+        for kept in ("oof_tta1_zoom.csv", "oof_tta1_zoom.json"):
+            (run / kept).unlink(missing_ok=True)
+    with caplog.at_level(logging.INFO):
         out = _predict(tmp_path, "tta", f"ckpt=[{a},{b}]", "blend=oof", "tta=1", "ensemble=logit")
     record = json.loads((out.parent / "blend.json").read_text())
-    assert "the one fold model that did not train on it" in record["fitted_on"] and "(tta=0)" in record["fitted_on"]
+    assert record["fitted_on"] == (
+        "out-of-fold rows (oof_tta1_zoom.csv): each image predicted once, by the one fold model that did not train on "
+        "it, with tta=1 (zoom views)"
+    )
     assert record["applied_to"] == (
         "each run's 2 fold models combined by ensemble=logit (renormalized mean of their log-probabilities), each "
         "model with the plain pass and 1 augmented view(s) (tta=1, tta_views=zoom)"
     )
     assert record["tta"] == 1
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("fitted on plain out-of-fold predictions (tta=0) and are applied with tta=1" in m for m in warnings)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING and "blend=oof" in r.getMessage()]
+    plain, viewed = read_oof_run(a), read_oof_run(a)
+    rows = {r.split(",")[0]: r.split(",") for r in (a / "oof_tta1_zoom.csv").read_text().splitlines()[1:]}
+    assert sorted(rows) == plain.paths and [rows[p][2] for p in plain.paths] == plain.folds
+    p_dog = np.array([float(rows[p][4]) for p in plain.paths])
+    assert not np.allclose(p_dog, plain.probs[:, 1], atol=1e-4)  # the views changed them
+    # fold 0's rows are what predict.py gives fold 0's model on the images of its fold
+    scored = _predict(
+        tmp_path,
+        "fold0",
+        f"ckpt={a / 'fold_0' / 'checkpoints' / 'best.ckpt'}",
+        f"input={a / 'fold_0' / 'split.csv'}",
+        "labelled=true",
+        "tta=1",
+        "calibrate=false",
+    ).with_name("predictions.csv")
+    scored_rows = {r.split(",")[0]: float(r.split(",")[1]) for r in scored.read_text().splitlines()[1:]}
+    fold0 = {Path(p).stem: p for p, f in zip(viewed.paths, viewed.folds) if f == "0"}  # its ids: the file stems
+    assert sorted(scored_rows) == sorted(fold0)
+    ours = np.array([float(rows[fold0[i]][4]) for i in sorted(fold0)])
+    theirs = np.array([scored_rows[i] for i in sorted(fold0)])
+    assert np.all(np.abs(ours - theirs) <= _half_unit(theirs) + ROW_SUM)  # predictions.csv's 9 digits
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = _predict(tmp_path, "again", f"ckpt=[{a},{b}]", "blend=oof", "tta=1", "ensemble=logit")
+    assert "kept from an earlier prediction" in caplog.text
+    assert json.loads((again.parent / "blend.json").read_text())["weights"] == record["weights"]
+
+
+def test_a_blend_applied_with_other_views_than_its_rows_warns(kfold_pair, caplog):
+    run = read_oof_run(kfold_pair[0])
+    blend = fit_oof_blend([run, read_oof_run(kfold_pair[1])])
+    with caplog.at_level(logging.WARNING, logger="catdog.blending"):
+        blend.announce("prob", 2, "zoom")
+    assert "fitted on out-of-fold predictions with tta=0 and are applied with tta=2" in caplog.text
 
 
 def test_blend_is_no_worse_out_of_fold_than_the_best_member_beyond_noise(kfold_pair):

@@ -115,3 +115,27 @@ def test_every_fold_of_a_kfold_run_trains_the_first_folds_plan(tmp_path, monkeyp
     plans = [json.loads((tmp_path / "run" / f"fold_{i}" / "result.json").read_text())["budget_plan"] for i in (0, 1)]
     assert plans[0] == plans[1]
     assert "trainer.budget_minutes=0.01 is each fold's budget (2 folds: about 0.02 min in all)" in caplog.text
+
+
+def test_a_plan_that_underestimated_the_machine_is_corrected_after_epoch_1(tmp_path, monkeypatch, caplog):
+    """Step times far too fast plan ~100 epochs into 12 s: epoch 1's wall time corrects the plan to what fits, the
+    learning-rate schedule (cosine to 0) is shrunk to the corrected length, and a run resumed after it keeps it."""
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({32: 0.004}, {32: 0.0}, 0.01, 3))
+    monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
+    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)  # the corrected plan alone ends the run
+    extra = ["trainer.budget_minutes=0.2", "model/scheduler=cosine"]
+    cfg = tiny_train_cfg(data, tmp_path / "run", *extra)
+    with open_dict(cfg):
+        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": 2}
+    with caplog.at_level(logging.INFO), pytest.raises((KeyboardInterrupt, SystemExit)):
+        train(cfg)
+    plan = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY][budget.PLAN_KEY]
+    planned = plan["corrected"]["planned_epochs"]
+    assert planned > 40 and 2 < plan["max_epochs"] < planned and plan["corrected"]["train_ratio"] > 5
+    assert "time budget checked after epoch 1" in caplog.text
+    train(tiny_train_cfg(data, tmp_path / "run", *extra))  # resumed: the corrected plan, no schedule-length error
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["epochs"] == plan["max_epochs"] and result["budget_plan"] == plan
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # the cosine ran to its end

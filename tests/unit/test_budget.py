@@ -18,6 +18,7 @@ from catdog.budget import (
     backstop_s,
     candidate_sizes,
     check_budget,
+    correct_plan,
     fit_to_budget,
     plan_epochs,
     scaled_progressive,
@@ -61,6 +62,62 @@ def test_each_sizes_warm_up_is_paid_once():
     assert warm.estimate_s(1) == pytest.approx(plain.estimate_s(1) + 7)  # one epoch: the start size only
 
 
+def test_the_estimate_after_the_epochs_already_trained():
+    """Epochs 2 and 3 at 96 px (the ramp reaches it at epoch 2), its warm-up (96 px not trained yet), their validation
+    passes and the final scoring."""
+    ramp = {**PROGRESSIVE, "epochs": 2}
+    warm = Timings({64: 1.0, 80: 2.0, 96: 3.0}, 10, 5.0, 96, ramp, None, {64: 7.0, 80: 11.0, 96: 13.0})
+    assert warm.estimate_s(4, done=2) == pytest.approx(10 * (3 + 3) + 13 + 3 * 5.0 + budget.FINAL_OVERHEAD_S)
+    assert warm.estimate_s(4, done=3) == pytest.approx(10 * 3 + 2 * 5.0 + budget.FINAL_OVERHEAD_S)  # 96 px seen
+
+
+def _fixed_ramp_timings():
+    """A plan's timings with its ramp as planned (64 -> 96 px over 6 epochs)."""
+    return Timings({64: 0.5, 80: 0.8, 96: 1.2}, 100, 20.0, 96, {**PROGRESSIVE, "epochs": 6}, None, {64: 4.0, 80: 6.0})
+
+
+def _elapsed_after(timings, spent, epochs, train=1.0, val=1.0):
+    """Seconds since the run started after ``epochs`` epochs that took ``train`` / ``val`` x their estimates."""
+    t = timings.scaled(train, val)
+    return spent + t.estimate_s(budget.CHECK_EPOCH + 1) - t.val_s - budget.FINAL_OVERHEAD_S
+
+
+def test_a_plan_that_ran_as_estimated_is_kept():
+    timings = _fixed_ramp_timings()
+    plan = plan_epochs(1800, 60, timings)
+    size = 64  # epoch 1's size, trained in epoch 0 already: no warm-up in its estimate
+    train_s, val_s = 100 * timings.step_s[size], timings.val_s
+    corrected = correct_plan(plan, timings, train_s, val_s, _elapsed_after(timings, 60, 2))
+    assert corrected["max_epochs"] == plan["max_epochs"]
+    assert corrected["estimate_s"] == pytest.approx(plan["estimate_s"], abs=0.2)
+    assert corrected["corrected"] == {
+        "after_epoch": 1, "train_ratio": 1.0, "val_ratio": 1.0, "planned_epochs": plan["max_epochs"],
+        "planned_estimate_s": plan["estimate_s"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("train", [0.8, 1.3])
+def test_a_plan_that_ran_slower_or_faster_is_corrected_from_the_time_left(train):
+    """Epoch 1 took ``train`` x its estimate: the rest of the run is re-planned with every training cost scaled so,
+    from the time the first two epochs really took, keeping the planned ramp."""
+    timings = _fixed_ramp_timings()
+    plan = plan_epochs(1800, 60, timings)
+    elapsed = _elapsed_after(timings, 60, 2, train=train)
+    corrected = correct_plan(plan, timings, train * 100 * 0.5, timings.val_s, elapsed)
+    expected = plan_epochs(1800, elapsed, timings.scaled(train, 1.0), done=2, least=7)
+    assert corrected["max_epochs"] == expected["max_epochs"]
+    assert (corrected["max_epochs"] > plan["max_epochs"]) == (train < 1)
+    assert corrected["corrected"]["train_ratio"] == pytest.approx(train)
+    assert corrected["progressive_epochs"] == plan["progressive_epochs"]  # the ramp as planned
+
+
+def test_a_correction_keeps_a_full_size_epoch_and_never_drops_trained_ones():
+    timings = _fixed_ramp_timings()
+    plan = plan_epochs(1800, 60, timings)
+    late = correct_plan(plan, timings, 100 * 0.5 * 50, timings.val_s, 1790)  # 50x slower, budget nearly spent
+    assert late["max_epochs"] == 7  # the ramp's 6 epochs and one at full size
+
+
 def test_step_seconds_are_the_steady_state_and_the_warm_up_its_excess():
     marks = [0.0, 5.0, 6.0, 6.5, 7.0, 7.5, 8.0]  # gaps 5, 1 (warm-up), then 0.5 each
     assert budget._step_seconds(marks, 2) == (0.5, pytest.approx(5 + 1 - 2 * 0.5))
@@ -74,14 +131,14 @@ def _stubs(image_size=96, progressive=None):
 
 def test_gradient_accumulation_costs_every_batch(monkeypatch):
     """With accumulate_grad_batches=4 an epoch still runs all its 100 batches: 52 s an epoch (100 x 0.5 s and a 2 s
-    validation pass) fits 10 epochs in 0.97 x 600 s (10 x 52 + 2 + 15 = 537 s, 11 epochs 589 s); counting 25 steps
-    an epoch planned 38."""
+    validation pass) fits 11 epochs in 0.99 x 600 s (11 x 52 + 2 + 15 = 589 s, 12 epochs 641 s); counting 25 steps
+    an epoch planned 39."""
     monkeypatch.setattr(budget, "measure", lambda *a: Measured({96: 0.5}, {96: 0.0}, 2.0, 100))
     for accumulate in (1, 4):
         cfg = compose_train(["trainer.budget_minutes=10", f"trainer.accumulate_grad_batches={accumulate}"])
         trainer, datamodule = _stubs()
         plan = fit_to_budget(cfg, trainer, None, datamodule, None, time.time())
-        assert plan["max_epochs"] == trainer.fit_loop.max_epochs == cfg.trainer.max_epochs == 10
+        assert plan["max_epochs"] == trainer.fit_loop.max_epochs == cfg.trainer.max_epochs == 11
 
 
 def test_a_budget_too_short_for_one_epoch_says_so(caplog):
@@ -101,15 +158,15 @@ def test_the_backstop_is_a_little_past_the_budget_unless_max_time_is_set(monkeyp
     cfg = compose_train(["trainer.budget_minutes=10"])
     trainer, datamodule = _stubs()
     plan = fit_to_budget(cfg, trainer, None, datamodule, None, time.time() - 30)
-    (timer,) = trainer.callbacks
-    assert isinstance(timer, Timer) and timer._interval == "epoch"
+    (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    assert timer._interval == "epoch"
     # 1.05 x 600 s, less the 30 s spent before the fit and the final validation pass and overhead
     expected = budget.BACKSTOP * 600 - 30 - 2.0 - budget.FINAL_OVERHEAD_S
     assert timer._duration == pytest.approx(expected, abs=1.0) and backstop_s(plan, 30) == pytest.approx(expected)
     cfg = compose_train(["trainer.budget_minutes=10", "+trainer.max_time=00:01:00:00"])
     trainer, datamodule = _stubs()
     fit_to_budget(cfg, trainer, None, datamodule, None, time.time())
-    assert trainer.callbacks == []
+    assert not any(isinstance(c, Timer) for c in trainer.callbacks)
 
 
 def test_ramp_and_candidate_sizes():
