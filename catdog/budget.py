@@ -16,13 +16,15 @@ choice and, with ``model.compile=true``, compilation: the probe's warm-up steps'
 validation pass per epoch and the final scoring. It leaves out DDP's gradient all-reduce: the probe runs on one
 process. A budget too short for one epoch trains one epoch, with a warning that gives the estimate.
 
-The probe's steps are not the whole story (a machine's sustained pace, the epoch's bookkeeping, checkpoints), so the
-plan is corrected once, at the end of epoch :data:`CHECK_EPOCH` (the first without the run's one-off costs):
-:class:`PlanCheck` scales the estimate's training and validation costs by that epoch's measured time over its
-estimate and re-plans the remaining epochs from the time really spent, keeping the progressive ramp; the Trainer, the
-checkpoints' record and the learning-rate schedule (stretched or shrunk to the new length from the step it reached)
-follow. As a backstop, the Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget
-(Lightning's ``Timer``), unless ``trainer.max_time`` is set.
+The probe's few steps per size are not the whole story (a machine's sustained pace, a noisy neighbour during the
+probe, the epoch's bookkeeping), so the plan is checked against the epochs themselves: after the second epoch at each
+training size (the first pays the size's warm-up), :class:`PlanCheck` scales that size's estimated costs (and those
+of the sizes still to come) by the epoch's measured time over its estimate and re-plans the remaining epochs from the
+time really spent, keeping the progressive ramp and leaving the last :data:`SETTLED_EPOCHS` epochs alone; the
+Trainer, the checkpoints' record and the learning-rate schedule (stretched or shrunk to the new length from the step
+it reached) follow. A run still ends within an epoch of the budget: the epochs are whole. As a backstop, the
+Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget (Lightning's ``Timer``),
+unless ``trainer.max_time`` is set.
 
 A k-fold run (``data.folds=K``) gives the budget to each fold: the first fold plans, every later fold (also in a
 resumed run) trains the first fold's plan, so the K members share one schedule and the whole run takes about K times
@@ -74,8 +76,8 @@ FINAL_OVERHEAD_S = 15.0
 SAFETY = 0.99
 #: The Trainer stops at the end of the first epoch that ends past this share of the budget (the estimate's error).
 BACKSTOP = 1.05
-#: The epoch whose wall time corrects the plan (:class:`PlanCheck`): the first after the one-off costs of epoch 0.
-CHECK_EPOCH = 1
+#: Epochs at the end of a run whose number a check no longer changes: their learning rates are the schedule's last.
+SETTLED_EPOCHS = 2
 
 
 def check_budget(cfg: DictConfig) -> float | None:
@@ -119,26 +121,34 @@ class Timings:
     base_epochs: int | None
     #: the one-time extra cost of the first steps at each size (warm-up, compilation), seconds
     first_s: dict[int, float] | None = None
+    #: seconds an epoch spends outside its training and validation passes (checkpoints, loggers, epoch hooks)
+    epoch_s: float = 0.0
 
     def ramp(self, epochs: int) -> dict | None:
         return scaled_progressive(self.progressive, epochs, self.base_epochs)
 
+    def sizes(self, epochs: int) -> list[int]:
+        """The training size of each epoch of an ``epochs`` run."""
+        ramp = self.ramp(epochs)
+        return [progressive_size(e, self.image_size, ramp) for e in range(epochs)]
+
     def estimate_s(self, epochs: int, done: int = 0) -> float:
         """Seconds an ``epochs`` run takes after its first ``done`` epochs: every further epoch's steps at its size,
-        the first steps' extra cost once per size not trained yet, a validation pass per epoch, and the final scoring
-        (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
-        ramp = self.ramp(epochs)
-        sizes = [progressive_size(e, self.image_size, ramp) for e in range(epochs)]
+        the first steps' extra cost once per size not trained yet, a validation pass and the epoch's own overhead per
+        epoch, and the final scoring (one more validation pass and :data:`FINAL_OVERHEAD_S`)."""
+        sizes = self.sizes(epochs)
         steps = sum(self.step_s[size] for size in sizes[done:])
         first = sum((self.first_s or {}).get(size, 0.0) for size in set(sizes[done:]) - set(sizes[:done]))
-        return self.steps_per_epoch * steps + first + (epochs - done + 1) * self.val_s + FINAL_OVERHEAD_S
+        rest = epochs - done
+        return self.steps_per_epoch * steps + first + rest * self.epoch_s + (rest + 1) * self.val_s + FINAL_OVERHEAD_S
 
-    def scaled(self, train: float, val: float) -> Timings:
-        """These timings with every training cost times ``train`` and the validation pass times ``val``."""
+    def scaled(self, train: dict[int, float], val: float) -> Timings:
+        """These timings with each size's training costs times its ``train`` ratio and the validation pass times
+        ``val``."""
         return dataclasses.replace(
             self,
-            step_s={k: v * train for k, v in self.step_s.items()},
-            first_s={k: v * train for k, v in (self.first_s or {}).items()},
+            step_s={k: v * train[k] for k, v in self.step_s.items()},
+            first_s={k: v * train[k] for k, v in (self.first_s or {}).items()},
             val_s=self.val_s * val,
         )
 
@@ -338,7 +348,7 @@ def fit_to_budget(
         plan = _measured_plan(cfg, trainer, model, datamodule, budget * 60, started)
     apply_plan(cfg, trainer, datamodule, plan)
     fresh = (ckpt or {}).get(RUN_SETTINGS_KEY) is None and given is None
-    if fresh and "corrected" not in plan and plan["max_epochs"] > CHECK_EPOCH + 1:
+    if fresh and "corrected" not in plan:
         add_callback(trainer, PlanCheck(cfg, datamodule, plan, started))
     add_backstop(cfg, trainer, plan, time.time() - started)
     return plan
@@ -351,76 +361,115 @@ def add_callback(trainer, callback: pl.Callback) -> None:
     trainer.callbacks.insert(at, callback)
 
 
-def correct_plan(plan: dict, timings: Timings, train_s: float, val_s: float | None, elapsed_s: float) -> dict:
-    """The plan after epoch :data:`CHECK_EPOCH` trained in ``train_s`` seconds and validated in ``val_s`` (None: it did
-    not validate): the estimate's training costs scaled by the ratio of that epoch's time to its estimate, its
-    validation pass likewise, and the epochs re-planned from ``elapsed_s`` (seconds since the run started) on. The
-    progressive ramp stays as planned (``timings``' own, DataLoader workers hold it), and the run keeps the epochs
-    at full size it was planned to have, up to one."""
-    size = progressive_size(CHECK_EPOCH, timings.image_size, timings.progressive)
-    before = progressive_size(CHECK_EPOCH - 1, timings.image_size, timings.progressive)
-    first = (timings.first_s or {}).get(size, 0.0) if size != before else 0.0
-    train = train_s / max(1e-9, timings.steps_per_epoch * timings.step_s[size] + first)
-    val = val_s / timings.val_s if val_s is not None and timings.val_s > 0 else 1.0
+def check_epochs(sizes: list[int], settled: int = SETTLED_EPOCHS) -> list[int]:
+    """The epochs after which the plan is checked, for a run whose epochs train at ``sizes``: the second epoch at
+    each size (the first pays that size's warm-up), while ``settled`` epochs or more are still to come after it."""
+    return [
+        e for e in range(1, len(sizes) - settled)
+        if sizes[e] == sizes[e - 1] and (e == 1 or sizes[e - 2] != sizes[e - 1])
+    ]  # fmt: skip
+
+
+def correct_plan(
+    plan: dict,
+    timings: Timings,
+    ratios: dict[int, float],
+    val_ratio: float,
+    epoch_s: float,
+    elapsed_s: float,
+    done: int,
+) -> dict:
+    """The plan after its first ``done`` epochs, ``elapsed_s`` seconds after the run started: the remaining epochs
+    re-planned with each size's training costs times its measured ``ratios`` (actual over estimated; a size not
+    trained yet: the ratio measured last), the validation pass times ``val_ratio`` and ``epoch_s`` seconds per epoch
+    outside both (measured too). The progressive ramp stays as planned (``timings``' own: DataLoader workers hold a
+    copy of it), and the run keeps the epochs at full size it was planned to have, up to one. ``corrected`` records
+    every check."""
+    latest = ratios[next(reversed(ratios))]
+    train = {size: ratios.get(size, latest) for size in timings.step_s}
     ramp = (timings.progressive or {}).get("epochs", 0)
     least = min(plan["max_epochs"], ramp + 1)
-    new = plan_epochs(plan["budget_s"], elapsed_s, timings.scaled(train, val), done=CHECK_EPOCH + 1, least=least)
+    measured = dataclasses.replace(timings.scaled(train, val_ratio), epoch_s=epoch_s)
+    new = plan_epochs(plan["budget_s"], elapsed_s, measured, done=done, least=least)
+    before = plan.get("corrected") or {"planned_epochs": plan["max_epochs"], "planned_estimate_s": plan["estimate_s"]}
+    check = {
+        "after_epoch": done - 1, "train_ratio": {str(k): round(v, 3) for k, v in ratios.items()},
+        "val_ratio": round(val_ratio, 3), "epoch_s": round(epoch_s, 2), "max_epochs": new["max_epochs"],
+        "estimate_s": new["estimate_s"],
+    }  # fmt: skip
     return {
         **plan, "max_epochs": new["max_epochs"], "estimate_s": new["estimate_s"],
-        "corrected": {
-            "after_epoch": CHECK_EPOCH, "train_ratio": round(train, 3), "val_ratio": round(val, 3),
-            "planned_epochs": plan["max_epochs"], "planned_estimate_s": plan["estimate_s"],
-        },
+        "corrected": {**before, "checks": [*before.get("checks", []), check]},
     }  # fmt: skip
 
 
 class PlanCheck(pl.Callback):
-    """Corrects the plan once, from the wall time of epoch :data:`CHECK_EPOCH` (the first epoch after the run's
-    one-off costs): :func:`correct_plan`, on rank zero, broadcast to the other processes; a changed number of epochs
-    goes to the Trainer, the config, the checkpoints' record and the learning-rate schedule (the same shape over the
-    new length, from the step it has reached)."""
+    """Corrects the plan from the wall time of the epochs themselves: after the second epoch at each training size
+    (:func:`check_epochs`; the first pays the size's warm-up), on rank zero, broadcast to the other processes
+    (:func:`correct_plan`). A changed number of epochs goes to the Trainer, the config, the checkpoints' record and the
+    learning-rate schedule (the same shape over the new length, from the step it has reached)."""
 
     def __init__(self, cfg: DictConfig, datamodule, plan: dict, started: float):
-        self.cfg, self.plan, self.started = cfg, plan, started
+        self.cfg, self.datamodule, self.plan, self.started = cfg, datamodule, plan, started
         hp = datamodule.hparams  # its ramp: the plan's (apply_plan)
         self.timings = Timings(
             {int(k): v for k, v in plan["step_s"].items()}, int(plan["batches"]), float(plan["val_s"]),
             hp.image_size, dict(hp.progressive) if hp.progressive else None, None,
             {int(k): v for k, v in plan.get("first_s", {}).items()},
         )  # fmt: skip
-        self.train_start = self.val_start = self.train_s = None
-        self.done = False
+        self.ratios: dict[int, float] = {}
+        self.val_ratio, self.epoch_s = 1.0, 0.0
+        # this epoch's start, training and validation seconds; the last epoch's start and the seconds it spent
+        # training and validating
+        self.epoch_start = self.val_start = self.train_s = None
+        self.last: tuple[float, float] | None = None
+        self.checked: set[int] = set()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == CHECK_EPOCH:
-            self.train_start = time.perf_counter()
+        now = time.perf_counter()
+        if self.last is not None:  # the last epoch's time outside its training and validation passes
+            self.epoch_s = max(0.0, now - self.last[0] - self.last[1])
+        self.epoch_start, self.val_start, self.train_s = now, None, None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.current_epoch == CHECK_EPOCH and self.train_start is not None:
+        if not trainer.sanity_checking and self.epoch_start is not None:
             self.val_start = time.perf_counter()
-            self.train_s = self.val_start - self.train_start
+            self.train_s = self.val_start - self.epoch_start
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and self.val_start is not None and not self.done:
-            self._correct(trainer, pl_module, self.train_s, time.perf_counter() - self.val_start)
+        if not trainer.sanity_checking and self.val_start is not None:
+            val_s = time.perf_counter() - self.val_start
+            self.last = (self.epoch_start, self.train_s + val_s)
+            self._check(trainer, pl_module, self.train_s, val_s)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == CHECK_EPOCH and self.train_start is not None and not self.done:  # no validation
-            self._correct(trainer, pl_module, time.perf_counter() - self.train_start, None)
+        if self.val_start is None and self.epoch_start is not None:  # the epoch did not validate
+            train_s = time.perf_counter() - self.epoch_start
+            self.last = (self.epoch_start, train_s)
+            self._check(trainer, pl_module, train_s, None)
 
-    def _correct(self, trainer, pl_module, train_s: float, val_s: float | None) -> None:
-        self.done = True
-        plan = correct_plan(self.plan, self.timings, train_s, val_s, time.time() - self.started)
-        plan = trainer.strategy.broadcast(plan, src=0)
-        c = plan["corrected"]
+    def _check(self, trainer, pl_module, train_s: float, val_s: float | None) -> None:
+        epoch, plan = trainer.current_epoch, self.plan
+        sizes = self.timings.sizes(plan["max_epochs"])
+        if epoch in self.checked or epoch not in check_epochs(sizes):
+            return
+        self.checked.add(epoch)
+        size = sizes[epoch]
+        self.ratios[size] = train_s / max(1e-9, self.timings.steps_per_epoch * self.timings.step_s[size])
+        if val_s is not None and self.timings.val_s > 0:
+            self.val_ratio = val_s / self.timings.val_s
+        elapsed = time.time() - self.started
+        plan = correct_plan(plan, self.timings, self.ratios, self.val_ratio, self.epoch_s, elapsed, epoch + 1)
+        self.plan = plan = trainer.strategy.broadcast(plan, src=0)
         log.info(
-            "time budget checked after epoch %d (its training %.2fx, validation %.2fx the estimate): %d epochs, "
-            "estimated %.1f min (planned %d)", c["after_epoch"], c["train_ratio"], c["val_ratio"], plan["max_epochs"],
-            plan["estimate_s"] / 60, c["planned_epochs"],
+            "time budget checked after epoch %d (%d px: training %.2fx, validation %.2fx the estimate): %d epochs, "
+            "estimated %.1f min (planned %d)", epoch, size, self.ratios[size], self.val_ratio, plan["max_epochs"],
+            plan["estimate_s"] / 60, plan["corrected"]["planned_epochs"],
         )  # fmt: skip
-        with open_dict(self.cfg):
-            self.cfg.trainer.max_epochs = int(plan["max_epochs"])
-        trainer.fit_loop.max_epochs = int(plan["max_epochs"])
+        if plan["max_epochs"] == trainer.fit_loop.max_epochs:
+            pl_module.run_settings = {**pl_module.run_settings, PLAN_KEY: plan}
+            return
+        apply_plan(self.cfg, trainer, self.datamodule, plan)
         pl_module.run_settings = {
             **pl_module.run_settings, PLAN_KEY: plan, **run_settings(self.cfg),
         }  # fmt: skip

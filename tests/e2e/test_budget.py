@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -43,7 +44,8 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
     saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY]
     plan = saved[budget.PLAN_KEY]
     assert plan["max_epochs"] > 2 and saved["trainer.max_epochs"] == plan["max_epochs"]
-    assert plan["progressive_epochs"] == max(1, round(2 * plan["max_epochs"] / 4))
+    share = max(1, round(2 * plan["max_epochs"] / 4))  # the configured 2 of 4 epochs, scaled; a quarter more at most
+    assert share <= plan["progressive_epochs"] <= share + math.ceil(0.25 * share)
 
     def must_not_measure(*args):
         raise AssertionError("a resumed run measured again instead of keeping its plan")
@@ -118,10 +120,10 @@ def test_every_fold_of_a_kfold_run_trains_the_first_folds_plan(tmp_path, monkeyp
 
 
 def test_a_plan_that_underestimated_the_machine_is_corrected_after_epoch_1(tmp_path, monkeypatch, caplog):
-    """Step times far too fast plan ~100 epochs into 12 s: epoch 1's wall time corrects the plan to what fits, the
+    """Step times far too fast plan ~1000 epochs into 12 s: epoch 1's wall time corrects the plan to what fits, the
     learning-rate schedule (cosine to 0) is shrunk to the corrected length, and a run resumed after it keeps it."""
     data = make_flat(tmp_path / "data", per_class=8, test=0)
-    monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({32: 0.004}, {32: 0.0}, 0.01, 3))
+    monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({32: 0.0005}, {32: 0.0}, 0.01, 3))
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
     monkeypatch.setattr(budget, "BACKSTOP", 1000.0)  # the corrected plan alone ends the run
     extra = ["trainer.budget_minutes=0.2", "model/scheduler=cosine"]
@@ -132,8 +134,9 @@ def test_a_plan_that_underestimated_the_machine_is_corrected_after_epoch_1(tmp_p
         train(cfg)
     plan = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY][budget.PLAN_KEY]
     planned = plan["corrected"]["planned_epochs"]
-    assert planned > 40 and 2 < plan["max_epochs"] < planned and plan["corrected"]["train_ratio"] > 5
-    assert "time budget checked after epoch 1" in caplog.text
+    (check,) = plan["corrected"]["checks"]
+    assert planned > 100 and 2 < plan["max_epochs"] < planned and check["train_ratio"]["32"] > 3
+    assert check["after_epoch"] == 1 and "time budget checked after epoch 1 (32 px: training" in caplog.text
     train(tiny_train_cfg(data, tmp_path / "run", *extra))  # resumed: the corrected plan, no schedule-length error
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["epochs"] == plan["max_epochs"] and result["budget_plan"] == plan

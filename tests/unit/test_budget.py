@@ -3,6 +3,7 @@ trainer.budget_minutes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from catdog.budget import (
     backstop_s,
     candidate_sizes,
     check_budget,
+    check_epochs,
     correct_plan,
     fit_to_budget,
     plan_epochs,
@@ -72,49 +74,73 @@ def test_the_estimate_after_the_epochs_already_trained():
 
 
 def _fixed_ramp_timings():
-    """A plan's timings with its ramp as planned (64 -> 96 px over 6 epochs)."""
+    """A plan's timings with its ramp as planned: 64 px for epochs 0-2, 80 px for 3-5, 96 px from epoch 6."""
     return Timings({64: 0.5, 80: 0.8, 96: 1.2}, 100, 20.0, 96, {**PROGRESSIVE, "epochs": 6}, None, {64: 4.0, 80: 6.0})
 
 
-def _elapsed_after(timings, spent, epochs, train=1.0, val=1.0):
-    """Seconds since the run started after ``epochs`` epochs that took ``train`` / ``val`` x their estimates."""
-    t = timings.scaled(train, val)
-    return spent + t.estimate_s(budget.CHECK_EPOCH + 1) - t.val_s - budget.FINAL_OVERHEAD_S
+def _elapsed_after(timings, spent, epochs, ratios=None, val=1.0):
+    """Seconds since the run started after ``epochs`` epochs whose sizes took ``ratios`` x their estimates."""
+    t = timings.scaled({k: (ratios or {}).get(k, 1.0) for k in timings.step_s}, val)
+    full = t.estimate_s(epochs)  # these epochs as if the run ended after them
+    return spent + full - t.val_s - budget.FINAL_OVERHEAD_S
 
 
-def test_a_plan_that_ran_as_estimated_is_kept():
+def test_check_epochs_are_the_second_at_each_size_before_the_last_ones():
+    sizes = _fixed_ramp_timings().sizes(12)
+    assert sizes == [64] * 3 + [80] * 3 + [96] * 6
+    assert check_epochs(sizes) == [1, 4, 7]
+    assert check_epochs(sizes[:8]) == [1, 4]  # epoch 7 would leave one epoch: settled
+    assert check_epochs([96] * 5) == [1]
+
+
+def test_a_plan_that_runs_as_estimated_is_kept():
     timings = _fixed_ramp_timings()
     plan = plan_epochs(1800, 60, timings)
-    size = 64  # epoch 1's size, trained in epoch 0 already: no warm-up in its estimate
-    train_s, val_s = 100 * timings.step_s[size], timings.val_s
-    corrected = correct_plan(plan, timings, train_s, val_s, _elapsed_after(timings, 60, 2))
+    corrected = correct_plan(plan, timings, {64: 1.0}, 1.0, 0.0, _elapsed_after(timings, 60, 2), 2)
     assert corrected["max_epochs"] == plan["max_epochs"]
     assert corrected["estimate_s"] == pytest.approx(plan["estimate_s"], abs=0.2)
     assert corrected["corrected"] == {
-        "after_epoch": 1, "train_ratio": 1.0, "val_ratio": 1.0, "planned_epochs": plan["max_epochs"],
-        "planned_estimate_s": plan["estimate_s"],
+        "planned_epochs": plan["max_epochs"], "planned_estimate_s": plan["estimate_s"],
+        "checks": [{"after_epoch": 1, "train_ratio": {"64": 1.0}, "val_ratio": 1.0, "epoch_s": 0.0,
+                    "max_epochs": plan["max_epochs"], "estimate_s": corrected["estimate_s"]}],
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("train", [0.8, 1.3])
-def test_a_plan_that_ran_slower_or_faster_is_corrected_from_the_time_left(train):
-    """Epoch 1 took ``train`` x its estimate: the rest of the run is re-planned with every training cost scaled so,
-    from the time the first two epochs really took, keeping the planned ramp."""
+@pytest.mark.parametrize("ratio", [0.8, 1.3])
+def test_a_plan_is_corrected_by_each_sizes_measured_pace_from_the_time_left(ratio):
+    """After epoch 1 (64 px at ``ratio`` x its estimate) the sizes not trained yet are taken to run at that ratio
+    too; after epoch 4 (80 px at 1.0x) 80 and 96 px run as estimated: each check re-plans from the time really
+    spent, keeping the planned ramp."""
     timings = _fixed_ramp_timings()
     plan = plan_epochs(1800, 60, timings)
-    elapsed = _elapsed_after(timings, 60, 2, train=train)
-    corrected = correct_plan(plan, timings, train * 100 * 0.5, timings.val_s, elapsed)
-    expected = plan_epochs(1800, elapsed, timings.scaled(train, 1.0), done=2, least=7)
-    assert corrected["max_epochs"] == expected["max_epochs"]
-    assert (corrected["max_epochs"] > plan["max_epochs"]) == (train < 1)
-    assert corrected["corrected"]["train_ratio"] == pytest.approx(train)
-    assert corrected["progressive_epochs"] == plan["progressive_epochs"]  # the ramp as planned
+    elapsed = _elapsed_after(timings, 60, 2, {64: ratio})
+    first = correct_plan(plan, timings, {64: ratio}, 1.0, 0.0, elapsed, 2)
+    scaled = {64: ratio, 80: ratio, 96: ratio}
+    assert first["max_epochs"] == plan_epochs(1800, elapsed, timings.scaled(scaled, 1.0), done=2, least=7)["max_epochs"]
+    assert (first["max_epochs"] > plan["max_epochs"]) == (ratio < 1)
+    assert first["progressive_epochs"] == plan["progressive_epochs"]  # the ramp as planned
+    elapsed = _elapsed_after(timings, 60, 5, {64: ratio})
+    second = correct_plan(first, timings, {64: ratio, 80: 1.0}, 1.0, 0.0, elapsed, 5)
+    expected = plan_epochs(1800, elapsed, timings.scaled({64: ratio, 80: 1.0, 96: 1.0}, 1.0), done=5, least=7)
+    assert second["max_epochs"] == expected["max_epochs"]
+    assert [c["after_epoch"] for c in second["corrected"]["checks"]] == [1, 4]
+    assert second["corrected"]["planned_epochs"] == plan["max_epochs"]
+
+
+def test_an_epochs_time_outside_training_and_validation_counts_for_every_epoch_left():
+    timings = _fixed_ramp_timings()
+    plan = plan_epochs(1800, 60, timings)
+    elapsed = _elapsed_after(timings, 60, 2)
+    corrected = correct_plan(plan, timings, {64: 1.0}, 1.0, 30.0, elapsed, 2)  # 30 s of checkpoints an epoch
+    expected = plan_epochs(1800, elapsed, dataclasses.replace(timings, epoch_s=30.0), done=2, least=7)
+    assert corrected["max_epochs"] == expected["max_epochs"] < plan["max_epochs"]
+    assert timings.estimate_s(10, 4) + 6 * 30.0 == dataclasses.replace(timings, epoch_s=30.0).estimate_s(10, 4)
 
 
 def test_a_correction_keeps_a_full_size_epoch_and_never_drops_trained_ones():
     timings = _fixed_ramp_timings()
     plan = plan_epochs(1800, 60, timings)
-    late = correct_plan(plan, timings, 100 * 0.5 * 50, timings.val_s, 1790)  # 50x slower, budget nearly spent
+    late = correct_plan(plan, timings, {64: 50.0}, 1.0, 0.0, 1790, 2)  # 50x slower, budget nearly spent
     assert late["max_epochs"] == 7  # the ramp's 6 epochs and one at full size
 
 
