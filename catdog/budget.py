@@ -22,7 +22,8 @@ training size (the first pays the size's warm-up), :class:`PlanCheck` scales tha
 of the sizes still to come) by the epoch's measured time over its estimate and re-plans the remaining epochs from the
 time really spent, keeping the progressive ramp and leaving the last :data:`SETTLED_EPOCHS` epochs alone; the
 Trainer, the checkpoints' record and the learning-rate schedule (stretched or shrunk to the new length from the step
-it reached) follow. A run still ends within an epoch of the budget: the epochs are whole. As a backstop, the
+it reached) follow. The epochs are whole: a plan takes the number whose run ends nearest the budget, up to
+:data:`OVERSHOOT` past it. As a backstop, the
 Trainer stops at the end of the first epoch that ends :data:`BACKSTOP` past the budget (Lightning's ``Timer``),
 unless ``trainer.max_time`` is set.
 
@@ -72,8 +73,8 @@ VAL_WARMUP = 2
 VAL_BATCHES = 6
 #: Seconds a run spends after its last epoch besides one validation pass (calibration, result files, report).
 FINAL_OVERHEAD_S = 15.0
-#: Share of the budget planned for: what the estimate still misses after its correction comes out of the rest.
-SAFETY = 0.99
+#: How far past the budget a plan may end when that is nearer the budget than one epoch fewer (a share of it).
+OVERSHOOT = 0.02
 #: The Trainer stops at the end of the first epoch that ends past this share of the budget (the estimate's error).
 BACKSTOP = 1.05
 #: Epochs at the end of a run whose number a check no longer changes: their learning rates are the schedule's last.
@@ -156,22 +157,24 @@ class Timings:
 def plan_epochs(
     budget_s: float, spent_s: float, timings: Timings, max_epochs: int = 10_000, done: int = 0, least: int = 1
 ) -> dict:
-    """The largest number of epochs (at least ``least`` and the ``done`` ones already trained) whose
-    :meth:`Timings.estimate_s` after the ``done`` epochs fits in ``SAFETY x budget_s - spent_s``; the least, with a
-    warning giving its estimate for a fresh plan, when not even that fits."""
-    left = SAFETY * budget_s - spent_s
+    """The number of epochs (at least ``least`` and the ``done`` ones already trained) whose run, ``spent_s`` plus
+    :meth:`Timings.estimate_s` after the ``done`` epochs, ends nearest the budget, at most :data:`OVERSHOOT` past it
+    (the epochs are whole: the last one can be several percent of the budget); the least, with a warning giving its
+    estimate for a fresh plan, when not even that fits."""
+    limit = (1 + OVERSHOOT) * budget_s - spent_s
     least = max(1, done, least)
     best, best_s = least, timings.estimate_s(least, done)
-    if best_s > left and not done:
+    if best_s > limit and not done:
         log.warning(
             "trainer.budget_minutes=%g is too short for one epoch: it is estimated at %.1f min (%.1f min already "
             "spent): training 1 epoch", budget_s / 60, best_s / 60, spent_s / 60,
         )  # fmt: skip
     for epochs in range(least + 1, max_epochs + 1):
         estimate = timings.estimate_s(epochs, done)
-        if estimate > left:
+        if estimate > limit:
             break
-        best, best_s = epochs, estimate
+        if abs(spent_s + estimate - budget_s) <= abs(spent_s + best_s - budget_s):
+            best, best_s = epochs, estimate
     return {
         "max_epochs": best,
         "progressive_epochs": (timings.ramp(best) or {}).get("epochs"),
