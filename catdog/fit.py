@@ -129,6 +129,8 @@ def fit_one(
             log.warning("interrupted; to resume, run:\n  %s", resume_command(resume_dir or out_dir, seed=cfg.seed))
         raise
     fit_time = time.time() - fit_start
+    if plan:  # as corrected while training (catdog.budget.PlanCheck)
+        plan = model.run_settings.get(PLAN_KEY, plan)
     if plan and not trainer.interrupted and trainer.current_epoch < plan["max_epochs"]:
         log.warning(
             "the time budget's backstop stopped training after %d of the %d planned epochs: the plan underestimated "

@@ -26,13 +26,17 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
         measured.append(sizes)
         # a real batch went through: the device and the sizes are the run's
         assert trainer.strategy.root_device == torch.device("cpu")
-        return budget.Measured({s: 0.05 * s / 32 for s in sizes}, {s: 0.0 for s in sizes}, 0.1, 3)
+        # seconds long enough that the real time spent before planning is a negligible part of the budget
+        return budget.Measured({s: 5.0 * s / 32 for s in sizes}, {s: 0.0 for s in sizes}, 10.0, 3)
 
     monkeypatch.setattr(budget, "measure", fake_measure)
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
-    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)  # the made-up step times are not this machine's
+    # the made-up step times are not this machine's: neither the backstop nor the check after epoch 1 (tested
+    # below) may act on them
+    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)
+    monkeypatch.setattr(budget, "check_epochs", lambda sizes: [])
     extra = [
-        "trainer.budget_minutes=0.05", "trainer.max_epochs=4", "data.image_size=48",
+        "trainer.budget_minutes=5", "trainer.max_epochs=4", "data.image_size=48",
         "data.progressive={start_size: 32, epochs: 2, multiple: 8}",
     ]  # fmt: skip
     cfg = tiny_train_cfg(data, tmp_path / "run", *extra)
@@ -43,6 +47,7 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
     assert measured == [[32, 40, 48]]
     saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY]
     plan = saved[budget.PLAN_KEY]
+    assert "corrected" not in plan
     assert plan["max_epochs"] > 2 and saved["trainer.max_epochs"] == plan["max_epochs"]
     share = max(1, round(2 * plan["max_epochs"] / 4))  # the configured 2 of 4 epochs, scaled; a quarter more at most
     assert share <= plan["progressive_epochs"] <= share + math.ceil(0.25 * share)
@@ -82,12 +87,14 @@ def test_measure_times_real_steps_at_each_size_and_leaves_the_run_untouched(tmp_
 
 
 def test_the_backstop_ends_a_run_whose_plan_underestimated_the_machine(tmp_path, monkeypatch, caplog):
-    """Step times 1000x too fast plan hundreds of epochs into a 3 s budget: the fit stops at the end of the first
-    epoch past the budget, and the run still scores its best checkpoint and writes its result."""
+    """Step times 1000x too fast plan hundreds of epochs into a 12 s budget: the fit stops at the end of the first
+    epoch past the budget, and the run still scores its best checkpoint and writes its result. The check while
+    training is kept from acting (it would correct the plan after epoch 1): the backstop alone stops the fit."""
     data = make_flat(tmp_path / "data", per_class=8, test=0)
     monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({48: 1e-4}, {48: 0.0}, 1e-4, 3))
+    monkeypatch.setattr(budget, "check_epochs", lambda sizes: [])
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
-    cfg = tiny_train_cfg(data, tmp_path / "run", "trainer.budget_minutes=0.05", "data.image_size=48")
+    cfg = tiny_train_cfg(data, tmp_path / "run", "trainer.budget_minutes=0.2", "data.image_size=48")
     with caplog.at_level(logging.INFO):
         train(cfg)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -142,3 +149,21 @@ def test_a_plan_that_underestimated_the_machine_is_corrected_after_epoch_1(tmp_p
     assert result["epochs"] == plan["max_epochs"] and result["budget_plan"] == plan
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert last["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)  # the cosine ran to its end
+
+
+def test_the_result_records_the_corrected_plan_and_the_backstop_is_judged_against_it(tmp_path, monkeypatch, caplog):
+    """A plan corrected from ~1000 epochs to what fits ends at its corrected length: that is the plan result.json
+    records, and no warning says a backstop cut it short."""
+    data = make_flat(tmp_path / "data", per_class=8, test=0)
+    monkeypatch.setattr(budget, "measure", lambda *a: budget.Measured({32: 0.0005}, {32: 0.0}, 0.01, 3))
+    monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
+    monkeypatch.setattr(budget, "BACKSTOP", 1000.0)
+    cfg = tiny_train_cfg(data, tmp_path / "run", "trainer.budget_minutes=0.2", "report=false")
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    plan = result["budget_plan"]
+    # the made-up steps are >10x faster than any CPU runs this model, so the check cuts the plan
+    assert plan["corrected"]["planned_epochs"] > 100
+    assert result["epochs"] == plan["max_epochs"] < plan["corrected"]["planned_epochs"]
+    assert "backstop stopped" not in caplog.text
