@@ -196,6 +196,23 @@ def machine_line(device: torch.device) -> str:
     return f"device: {device} ({what}); torch {torch.__version__}"
 
 
+#: CPU flags that decide which kernels run fast: int8 dot products (VNNI), bf16 (AVX512-BF16, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> str:
+    """The :data:`CPU_FLAGS` this CPU has (``/proc/cpuinfo``), e.g. ``flags avx2 avx512f avx512_vnni, no amx``."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    present = [f for f in CPU_FLAGS if f in flags]
+    amx = "" if any(f.startswith("amx") for f in present) else ", no amx"
+    return f"flags {' '.join(present) or 'none of ' + '/'.join(CPU_FLAGS)}{amx}"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         if isinstance(v, float):

@@ -6,14 +6,18 @@ What an exported file holds, in both formats:
   and centre-cropped (see below), as float32 in [0, 1]. The TorchScript model also takes uint8 in [0, 255] (divided
   by 255 inside); for the ONNX model divide uint8 images by 255 first. The batch size ``N`` is free unless the file
   was exported with ``batch=N``.
-- the normalization by the checkpoint's mean / std, then the network, all in float32;
+- the normalization by the checkpoint's mean / std, then the network, all in float32; or, in an ONNX file written with
+  ``quantize=int8`` (:mod:`catdog.quantize`), the network's convolutions and matrix products in int8 between
+  quantize / dequantize nodes (QDQ), still with float32 input and outputs;
 - output ``probabilities`` ``(N, K)``: ``softmax(logits / T)``, ``T`` the temperature fitted after training (so
   calibrated), or plain ``softmax(logits)`` when the checkpoint has none; and output ``logits`` ``(N, K)``, before any
   temperature. The ONNX graph has both outputs; the TorchScript module returns the probabilities from ``forward`` and
   the logits from its ``logits`` method.
 - metadata, a JSON object: the ONNX ``metadata_props`` entry ``catdog``, the TorchScript extra file ``catdog.json``.
   It holds ``classes`` (the order of the K columns), ``image_size``, ``crop_pct``, ``resize_size``,
-  ``interpolation``, ``mean``, ``std`` and ``temperature``.
+  ``interpolation``, ``mean``, ``std``, ``temperature`` and ``precision`` (``float32`` or ``int8``); an int8 file
+  also ``quantization``: how it was calibrated and its scores against the checkpoint's on the run's validation
+  images.
 
 The resizing stays outside the file: resize the shorter side to ``resize_size`` (= ``round(image_size /
 crop_pct)``) with ``interpolation``, antialiased, then centre-crop ``image_size``, which is what ``predict.py`` does
@@ -23,7 +27,8 @@ from the metadata.
 :class:`ExportedClassifier`, which does for ``predict()`` what a checkpoint's ``ClassifierModule`` does: it takes the
 file's raw ``logits`` output and applies the temperature the same way, so ``calibrate=false``, ``tta=N`` (views made
 in torch and run through the file) and ensembles mixing exported files and checkpoints behave as with checkpoints.
-The file runs in float32 whatever ``precision=`` says, and ``compile=true`` does not apply to it.
+The file runs as it was written (float32, or int8 where quantized) whatever ``precision=`` says, and
+``compile=true`` does not apply to it. ONNX Runtime runs it with explicit thread settings (:func:`onnx_session`).
 """
 
 from __future__ import annotations
@@ -107,6 +112,30 @@ def parse_metadata(text: str | bytes | None, path: Path) -> dict[str, Any]:
     return meta
 
 
+def onnx_threads() -> int:
+    """Intra-op threads for an ONNX Runtime session: torch's (the physical cores, or ``OMP_NUM_THREADS`` /
+    ``torch.set_num_threads``), so that an exported file and a checkpoint use the same cores."""
+    return max(1, torch.get_num_threads())
+
+
+def onnx_session(model: str | bytes, providers: list | None = None, threads: int | None = None):
+    """An ONNX Runtime session for ``model`` (a path or the serialized model) with explicit thread settings:
+    ``threads`` intra-op threads (default :func:`onnx_threads`), one inter-op thread and sequential execution (a
+    classifier's graph is one chain of operators: nothing to run side by side), every graph optimization, and threads
+    that sleep instead of spinning between operators: the DataLoader workers decoding the next images share the
+    cores (on 2 cores with other processes running, 13-27 % more images/s through predict.py's loader; the same
+    within noise on an idle machine: docs/benchmarks.md)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(threads or onnx_threads())
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(model, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+
+
 class _OnnxRunner:
     """An ONNX Runtime session on the CPU, or on the GPU when the device is CUDA and ONNX Runtime has its provider."""
 
@@ -136,7 +165,7 @@ class _OnnxRunner:
         if providers == self.providers:
             return
         try:
-            self.session = self.ort.InferenceSession(str(self.path), providers=providers)
+            self.session = onnx_session(str(self.path), providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CheckpointError(f"cannot load ONNX model {self.path}: {str(exc).splitlines()[0]}") from None
         self.providers = providers

@@ -12,8 +12,9 @@ raw ``logits``. Its metadata says how to resize and crop image files for it. The
   uint8 / float branch and has a ``logits`` method; the metadata in the extra file ``catdog.json``.
 
 Before anything is written, the exported model is run on random images and its probabilities compared with the
-checkpoint's (``verify=true``); then the file is written atomically, and an existing file is only replaced with
-``overwrite=true``.
+checkpoint's (``verify=true``); with ``quantize=int8`` the ONNX file is then quantized and scored against the
+checkpoint on the run's validation images (:mod:`catdog.quantize`), and refused when it loses too much. The file is
+written atomically, and an existing file is only replaced with ``overwrite=true``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from catdog.exported import (
     SUFFIXES,
     TORCHSCRIPT_EXTRA,
     exported_format,
+    onnx_session,
     quiet_jit,
 )
 from catdog.fileio import atomic_open, check_writable
 from catdog.inference import load_classifier
+from catdog.quantize import int8_model, int8_path, plan
 from catdog.runs.selection import resolve_members
 from catdog.validation import check_export_config
 
@@ -128,6 +131,7 @@ def export_metadata(model, fmt: str, batch: int | None, source: str) -> dict[str
             OUTPUT_NAMES[0]: "(N, K) softmax(logits / temperature) (temperature 1 when null), columns in classes order",
             OUTPUT_NAMES[1]: "(N, K) logits, before the temperature",
         },
+        "precision": "float32",  # int8 for a quantize=int8 file (catdog.quantize adds its record)
         "opset": None,  # ONNX: the opset written (set by onnx_bytes)
         "source_checkpoint": source,
         "torch": torch.__version__,
@@ -194,9 +198,7 @@ def onnx_bytes(model, metadata: dict[str, Any], opset: int | None = None, batch:
 
 
 def verify_onnx(model, data: bytes, batch: int | None) -> float:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = onnx_session(data)
     images = _random_images(model, batch or VERIFY_IMAGES)
     probs, _ = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.float().div(255.0).numpy()})
     return _check_close("float32 input", probs, _reference(model, images))
@@ -233,9 +235,11 @@ def verify_torchscript(model, data: bytes) -> float:
         return max(diff, _check_close("float32 input", module(images.float().div(255.0)), expected))
 
 
-def output_path(output: Any, fmt: str, ckpt: Path) -> Path:
-    """``output=``, by default the checkpoint's name with the format's suffix beside it."""
-    path = Path(str(output)).expanduser() if output else ckpt.with_suffix(SUFFIXES[fmt][0])
+def output_path(output: Any, fmt: str, ckpt: Path, quantize: str | None = None) -> Path:
+    """``output=``, by default the checkpoint's name with the format's suffix beside it (``best.onnx``; with
+    ``quantize=int8`` ``best.int8.onnx``)."""
+    default = int8_path(ckpt) if quantize else ckpt.with_suffix(SUFFIXES[fmt][0])
+    path = Path(str(output)).expanduser() if output else default
     if path.suffix.lower() not in SUFFIXES[fmt]:
         raise ConfigError(
             f"output={path}: a format={fmt} file must end with {' or '.join(SUFFIXES[fmt])} "
@@ -248,6 +252,7 @@ def export(cfg: DictConfig) -> Path:
     """Export the checkpoint ``cfg.ckpt`` to ``cfg.output`` (see the module docstring)."""
     check_export_config(cfg)
     fmt = cfg.get("format")
+    quantize = (cfg.get("quantize") or {}).get("dtype")
     verify = bool(cfg.get("verify", True))
     members = resolve_members(cfg.ckpt, cfg.paths.log_dir)
     if len(members) != 1:
@@ -258,10 +263,12 @@ def export(cfg: DictConfig) -> Path:
     ckpt = members[0]
     if exported_format(ckpt):
         raise ConfigError(f"ckpt={ckpt} is already an exported model; pass the .ckpt it came from")
-    output = check_writable(output_path(cfg.get("output"), fmt, ckpt), bool(cfg.overwrite))
+    output = check_writable(output_path(cfg.get("output"), fmt, ckpt, quantize), bool(cfg.overwrite))
     model = load_classifier(ckpt)
     batch = cfg.get("batch")
     metadata = export_metadata(model, fmt, batch, str(ckpt))
+    # quantize=int8: the run's images found (or the error raised) before any export work
+    int8_plan = plan(model, ckpt, cfg.quantize, batch) if quantize else None
     log.info(
         "exporting %s (%s, %d px, classes %s, %s) to %s", ckpt, model.hparams.arch, model.hparams.image_size,
         model.classes, f"temperature {model.temperature:.3f}" if model.temperature else "no temperature", fmt,
@@ -274,6 +281,9 @@ def export(cfg: DictConfig) -> Path:
         diff = verify_torchscript(model, data) if verify else None
     if diff is not None:
         log.info("verified: largest difference of probabilities from the checkpoint on random images %.2g", diff)
+    if quantize:
+        # refused (QuantizationRefused) before anything is written when the int8 model loses too much
+        data = int8_model(model, data, int8_plan)
     # Checked again in the same step as the file is created: another process may have written it meanwhile.
     with atomic_open(output, "wb", overwrite=bool(cfg.overwrite)) as f:
         f.write(data)

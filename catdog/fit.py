@@ -18,6 +18,7 @@ from catdog.budget import PLAN_KEY, fit_to_budget
 from catdog.builders import build_datamodule, build_model, build_trainer, check_network
 from catdog.checkpoints import read_checkpoint, save_calibration
 from catdog.data.pseudo import pseudo_record, pseudo_text
+from catdog.distill import TARGETS_NAME, attach_teacher
 from catdog.distributed import is_writer
 from catdog.errors import ConfigError
 from catdog.fileio import atomic_write_text
@@ -39,9 +40,11 @@ from catdog.runs.layout import (
     write_oof,
 )
 from catdog.runs.resume import (
+    DISTILL_KEY,
     check_init_split,
     check_resume,
     check_same_split,
+    check_same_teacher,
     checkpoint_run,
     resume_command,
     resume_path,
@@ -91,6 +94,7 @@ def fit_one(
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    student = attach_teacher(cfg, datamodule)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split_text(datamodule)
     model = build_model(cfg, datamodule.classes, datamodule.train_set.labels)
@@ -103,11 +107,16 @@ def fit_one(
     if resume:
         check_resume(resume, ckpt, model, cfg)
         check_same_split(resume, source, out_dir, split)
+        check_same_teacher(resume, ckpt, student.digest if student else None)
     elif cfg.model.get("init"):
         check_init_split(cfg.model.init, [os.path.relpath(p, datamodule.root) for p in datamodule.val_set.paths])
-    model.run_settings = {**run_settings(cfg), **({PLAN_KEY: plan} if plan else {})}
+    model.run_settings = {
+        **run_settings(cfg), **({PLAN_KEY: plan} if plan else {}), **({DISTILL_KEY: student.digest} if student else {}),
+    }  # fmt: skip
     if is_writer(cfg):  # the other processes of a distributed run compute the same things and write nothing
         atomic_write_text(out_dir / SPLIT_NAME, split)
+        if student is not None:
+            atomic_write_text(out_dir / TARGETS_NAME, student.text, overwrite=True)
         if datamodule.pseudo is not None:
             atomic_write_text(
                 out_dir / PSEUDO_NAME, pseudo_text(datamodule.pseudo, datamodule.root, datamodule.classes)
@@ -181,6 +190,7 @@ def fit_one(
             # trainer.fit alone (training and per-epoch validation; a resumed run: this session's part)
             "fit_time_s": round(fit_time, 1),
             **({"budget_plan": plan} if plan else {}),
+            **({"distill": student.record} if student else {}),
             "wall_time_s": round(time.time() - start, 1),
             "classes": datamodule.classes,
             "metrics": metrics,

@@ -207,6 +207,9 @@ def lr_find(cfg: DictConfig) -> dict:
     run_cfg = copy.deepcopy(cfg)
     with open_dict(run_cfg):
         run_cfg.model.scheduler = None  # the test sets every step's learning rate itself
+        # on the labels alone: distillation's loss keeps its gradients on that scale (T^2), and the teacher's
+        # targets need not be made for a range test
+        run_cfg.distill = None
         if run_cfg.data.folds and run_cfg.data.fold is None:
             run_cfg.data.fold = 0
     pl.seed_everything(cfg.seed, workers=True)

@@ -90,13 +90,11 @@ def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[st
     return [p for p in paths if str(p) not in bad_set], bad
 
 
-def _data_root(cfg: DictConfig, model) -> Path:
-    """``data.dir``, by default the dataset the checkpoint was trained on."""
+def _data_root(cfg: DictConfig, model, needed: str = "input= (or data.dir=) is required") -> Path:
+    """``data.dir``, by default the dataset the checkpoint was trained on; ``needed`` opens the error without one."""
     root = OmegaConf.select(cfg, "data.dir") or model.datamodule_hparams.get("dir")
     if not root:
-        raise ConfigError(
-            f"input= (or data.dir=) is required: {model.checkpoint_path} does not say which dataset it was trained on"
-        )
+        raise ConfigError(f"{needed}: {model.checkpoint_path} does not say which dataset it was trained on")
     return Path(root)
 
 
@@ -105,7 +103,7 @@ def _default_input(cfg: DictConfig, model) -> Path:
     return _data_root(cfg, model) / "test"
 
 
-def _predict_member(
+def predict_member(
     model,
     *,
     paths: list[str],
@@ -153,13 +151,13 @@ def predict(cfg: DictConfig):
     else:
         output = check_writable(cfg.output, cfg.overwrite)
     workers = default_num_workers() if cfg.num_workers is None else int(cfg.num_workers)
-    predict_member = functools.partial(
-        _predict_member, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers, precision=precision,
+    predict_one = functools.partial(
+        predict_member, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers, precision=precision,
         compile=bool(cfg.get("compile")), views=views, decoder=decoder,
     )  # fmt: skip
     settings = {"precision": str(autocast_dtype(precision, device)), "decoder": decoder}
     members, blend, blend_path = _choose_members(
-        cfg, outputs["predictions"] if cfg.labelled else output, predict_member, settings
+        cfg, outputs["predictions"] if cfg.labelled else output, predict_one, settings
     )
     applied = blend.announce(mode, tta, views) if blend is not None else None
     model = load_classifier(members[0])
@@ -188,7 +186,7 @@ def predict(cfg: DictConfig):
             if blend is not None else
             "uncalibrated" + (" (calibrate=false)" if model.temperature else " (no temperature in the checkpoint)"),
         )  # fmt: skip
-        probs = predict_member(model, paths=kept, temperature=temperature)
+        probs = predict_one(model, paths=kept, temperature=temperature)
         if not np.isfinite(probs).all():
             raise CheckpointError(f"{member} produced non-finite probabilities (its weights hold NaN or inf)")
         member_probs.append(probs)
@@ -226,7 +224,7 @@ def _input_images(cfg: DictConfig, model, source: Path, classes) -> tuple[list[s
     one image; a run's ``split.csv`` (its validation images); any other CSV, read as ``data.csv`` is
     (:mod:`catdog.data.csv_data`, the images under ``data.dir``, the ids the image column's values)."""
     if source.suffix.lower() == ".csv" and source.is_file():
-        root = _data_root(cfg, model)
+        root = _data_root(cfg, model, f"data.dir= is required: the image paths in input={source} are read under it")
         if is_split_file(source):
             if not cfg.labelled:
                 raise ConfigError(f"input={source} is a run's split.csv: add labelled=true to score its images")
@@ -249,10 +247,10 @@ def _input_images(cfg: DictConfig, model, source: Path, classes) -> tuple[list[s
 
 
 def _choose_members(
-    cfg: DictConfig, written: Path, predict_member: Callable, settings: dict
+    cfg: DictConfig, written: Path, predict_one: Callable, settings: dict
 ) -> tuple[list[Path], Blend | None, Path | None]:
     """The checkpoints to predict with; with ``blend=oof`` also the blend fitted on the k-fold runs' out-of-fold rows
-    (with ``tta``, made with the same views by ``predict_member`` and ``settings``: :mod:`catdog.oof_views`) and where
+    (with ``tta``, made with the same views by ``predict_one`` and ``settings``: :mod:`catdog.oof_views`) and where
     its ``blend.json`` goes (beside ``written``, the predictions)."""
     if cfg.get("blend", "mean") != "oof":
         return resolve_members(cfg.ckpt, cfg.paths.log_dir), None, None
@@ -263,7 +261,7 @@ def _choose_members(
         runs = [
             oof_with_views(
                 run, _data_root(cfg, load_classifier(run.checkpoints[0])), cfg.tta, views, settings,
-                lambda model, paths: predict_member(model, paths=paths, temperature=None),
+                lambda model, paths: predict_one(model, paths=paths, temperature=None),
             )
             for run in runs
         ]  # fmt: skip

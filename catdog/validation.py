@@ -29,6 +29,7 @@ from catdog.exported import check_dependencies, check_export_args
 from catdog.loggers import check_loggers
 from catdog.lr_find import check_tune
 from catdog.models.class_weights import check_class_weights
+from catdog.models.distillation import check_distill
 from catdog.models.module import check_training_args
 from catdog.models.networks import check_blocks, check_network_args
 from catdog.models.optim import plain
@@ -36,6 +37,7 @@ from catdog.models.precision import autocast_dtype, resolve_device
 from catdog.models.stages import check_arch, fixed_input_size
 from catdog.models.tta import check_tta, check_view_set
 from catdog.models.weights import check_weights_available
+from catdog.quantize import check_quantize_config
 from catdog.runs.resume import check_init
 from catdog.submission import clip_bounds
 
@@ -87,6 +89,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "data.pseudo.soft=false or turn mixing off"
         )
     check_class_weights(plain(m.get("class_weights")), d.get("sampler"))
+    check_distill(plain(cfg.get("distill")))
     check_averaging(cfg)
     check_loggers(cfg)
     check_tune(cfg)
@@ -116,10 +119,12 @@ def check_predict_config(cfg: DictConfig) -> None:
 
 
 def check_export_config(cfg: DictConfig) -> None:
-    """``export.py``: format, opset and batch, and the packages the format needs."""
+    """``export.py``: format, opset, batch and quantization, and the packages they need."""
     fmt = cfg.get("format")
     check_export_args(fmt, cfg.get("opset"), cfg.get("batch"))
-    check_dependencies(fmt, bool(cfg.get("verify", True)))
+    quantize = check_quantize_config(plain(cfg.get("quantize")), fmt)
+    # quantize=int8 runs ONNX Runtime (calibration and the gate) whether or not the float32 file is verified
+    check_dependencies(fmt, bool(cfg.get("verify", True)) or quantize is not None)
 
 
 def resolve_seed(cfg: DictConfig) -> int:

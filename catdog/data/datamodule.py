@@ -304,6 +304,22 @@ class CatDogDataModule(pl.LightningDataModule):
             self.train_targets = torch.cat([own, torch.from_numpy(pseudo.targets).float()])
         return LabelledImages(train.paths + pseudo.paths, train.labels + hard, train.classes, train.layout)
 
+    def attach_teacher(self, teacher: torch.Tensor) -> None:
+        """Distillation (:mod:`catdog.models.distillation`): ``teacher`` (N, K) holds the teacher's probabilities for
+        the N labelled training images, in :attr:`train_set`'s order; pseudo-labelled images take their own targets
+        as the teacher's. Every training target becomes ``2K`` wide: the label's distribution, then the teacher's."""
+        classes = len(self.classes)
+        labelled = len(self.train_set) - (len(self.pseudo.paths) if self.pseudo is not None else 0)
+        if tuple(teacher.shape) != (labelled, classes):
+            raise ValueError(f"teacher targets {tuple(teacher.shape)} for {labelled} images of {classes} classes")
+        own = self.train_targets
+        if own is None:
+            own = torch.nn.functional.one_hot(torch.tensor(self.train_set.labels), classes).float()
+        else:
+            own = own[:, :classes]
+        extra = [torch.from_numpy(self.pseudo.targets).float()] if self.pseudo is not None else []
+        self.train_targets = torch.cat([own, torch.cat([teacher.float(), *extra])], dim=1)
+
     def _find_bad(self, train: LabelledImages, val: LabelledImages | None, extra: list[str]) -> dict[str, str]:
         """The unreadable labelled images (path -> reason): those the decoded-image cache could not decode (it is
         opened or built here, with ``cache``), else those the ``verify`` scan finds (none with ``verify=none``: they
@@ -352,7 +368,8 @@ class CatDogDataModule(pl.LightningDataModule):
         )
 
     def train_labels(self) -> list:
-        """Each training image's target: its class, or (soft pseudo-labels) a (K,) probability tensor."""
+        """Each training image's target: its class, or (soft pseudo-labels) a (K,) probability tensor, or (with a
+        teacher attached) a (2K,) tensor: :meth:`attach_teacher`."""
         return list(self.train_targets) if self.train_targets is not None else self.train_set.labels
 
     def val_dataset(self) -> ImageDataset:

@@ -27,6 +27,7 @@ from catdog.errors import CatdogError, ConfigError, check_known_keys
 from catdog.metrics import accuracy, log_loss
 from catdog.models.calibration import checkpoint_temperature
 from catdog.models.class_weights import weighted_cross_entropy
+from catdog.models.distillation import distillation_loss, split_targets
 from catdog.models.networks import Classifier, build_network, format_count
 from catdog.models.optim import (
     build_scheduler,
@@ -112,8 +113,9 @@ class ClassifierModule(pl.LightningModule):
     and stochastic depth are off. LayerNorm has no statistics: frozen, its scale and shift just stay as they are.
 
     ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` configs (:mod:`catdog.models.optim`); ``mixing`` turns on
-    per-batch MixUp / CutMix. ``temperature`` (set after training by :mod:`catdog.models.calibration`) divides the
-    logits of :meth:`predict_proba` when given.
+    per-batch MixUp / CutMix. ``distill`` (alpha, temperature) trains on a teacher's probabilities besides the labels
+    (:mod:`catdog.models.distillation`; the datamodule then gives every image a ``2K`` target). ``temperature`` (set
+    after training by :mod:`catdog.models.calibration`) divides the logits of :meth:`predict_proba` when given.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class ClassifierModule(pl.LightningModule):
         channels_last: bool = True,
         pretrained: str | None = None,
         compile: bool = False,
+        distill: dict | None = None,
     ):
         super().__init__()
         finetune = complete_finetune(finetune)
@@ -172,6 +175,10 @@ class ClassifierModule(pl.LightningModule):
                 "std": [float(v) for v in plain(std)],
                 "channels_last": bool(channels_last),
                 "compile": compile,
+                # distillation's loss (alpha, temperature; catdog.models.distillation), None without a teacher
+                "distill": {"alpha": float(distill["alpha"]), "temperature": float(distill["temperature"])}
+                if distill
+                else None,
                 # Where the initial weights came from (informational; set in saved checkpoints).
                 "pretrained": plain(pretrained) if pretrained is not None else plain(weights),
             }
@@ -191,7 +198,8 @@ class ClassifierModule(pl.LightningModule):
         self.register_buffer("class_weight", torch.tensor(weights) if weights else None, persistent=False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.mixer = build_mixer(mixing, len(classes))
+        # with a teacher every target is 2K wide (the label's distribution, then the teacher's): mixed alike
+        self.mixer = build_mixer(mixing, len(classes) * (2 if distill else 1))
         self.temperature: float | None = None
         # True during the pass that re-estimates BatchNorm statistics for averaged weights (catdog.averaging): batches
         # are then not mixed.
@@ -342,16 +350,23 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch[0], batch[1]
         if x.numel() == 0:  # every image of the batch was unreadable and skipped
             return self._empty_step()
-        target = y
+        distill, k = self.hparams.get("distill"), len(self.classes)
+        target = split_targets(y, k, distill["temperature"]) if distill else y
         x = normalize(x, self.mean, self.std)
         if self.mixer is not None and not self.statistics_pass:
-            x, target = self.mixer(x, y)  # soft targets: (B, K) class probabilities
+            x, target = self.mixer(x, target)  # soft targets: (B, K) class probabilities (2K with a teacher)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self._network()(x)
-        loss = weighted_cross_entropy(
-            logits.float(), target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
-        )
+        logits = self._network()(x).float()
+        smoothing = self.hparams.label_smoothing
+        if distill:
+            loss = distillation_loss(
+                logits, target[:, :k], target[:, k:], distill["alpha"], distill["temperature"], self.class_weight,
+                smoothing,
+            )  # fmt: skip
+            target = target[:, :k]
+        else:
+            loss = weighted_cross_entropy(logits, target, weight=self.class_weight, label_smoothing=smoothing)
         self._note_nonfinite(loss.detach())
         self._epoch_clock[2] += len(y)
         hard = target.argmax(1) if target.ndim == 2 else target

@@ -47,16 +47,16 @@ MAX_TTA = len(VIEW_NAMES)
 _CORNERS = {"top_left": (0.0, 0.0), "bottom_right": (1.0, 1.0), "top_right": (0.0, 1.0), "bottom_left": (1.0, 0.0)}
 
 
-def check_view_set(views: str) -> str:
+def check_view_set(views: str, key: str = "tta_views") -> str:
     if views not in VIEW_SETS:
-        raise ConfigError(f"tta_views must be one of {list(VIEW_SETS)}, got {views!r}")
+        raise ConfigError(f"{key} must be one of {list(VIEW_SETS)}, got {views!r}")
     return views
 
 
-def check_tta(tta: int) -> int:
+def check_tta(tta: int, key: str = "tta") -> int:
     if not isinstance(tta, int) or isinstance(tta, bool) or not 0 <= tta <= MAX_TTA:
         raise ConfigError(
-            f"tta must be an integer from 0 to {MAX_TTA} (augmented views added to the plain pass), got {tta!r}"
+            f"{key} must be an integer from 0 to {MAX_TTA} (augmented views added to the plain pass), got {tta!r}"
         )
     return tta
 

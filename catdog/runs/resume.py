@@ -33,13 +33,15 @@ from catdog.runs.layout import CHECKPOINT_DIR, KFOLD_SETTINGS, LAST_NAME, SPLIT_
 # groups and learning-rate schedule were built from (a changed lr would be silently replaced by the restored one).
 RESUME_KEYS = (
     "arch", "classes", "head", "head_hidden", "width", "optimizer", "decay_bias_and_norm", "finetune", "scheduler",
-    "scheduler_interval",
+    "scheduler_interval", "distill",
 )  # fmt: skip
 # What a checkpoint's weights must share with the model that model.init loads them into (and its classes).
 INIT_KEYS = ("arch", "head", "head_hidden", "width")
 #: Checkpoint key of the settings a resume must keep that are not the model's (:func:`run_settings`).
 RUN_SETTINGS_KEY = "run_settings"
 TRAIN_MORE = "to train more from its weights, start a new run with model.init={path}"
+#: Key, in :data:`RUN_SETTINGS_KEY`, of the digest of a distilled run's teacher targets (catdog.distill).
+DISTILL_KEY = "distill.targets_digest"
 
 
 def _flat(value, prefix: str) -> dict:
@@ -59,7 +61,7 @@ def _model_differences(saved: dict, hparams, keys) -> list[str]:
     diffs = []
     for key in keys:
         name = key if key == "classes" else f"model.{key}"
-        diffs += _differences(_flat(plain(saved.get(key)), name), _flat(plain(hparams[key]), name))
+        diffs += _differences(_flat(plain(saved.get(key)), name), _flat(plain(hparams.get(key)), name))
     return diffs
 
 
@@ -91,6 +93,19 @@ def check_resume(path: str, ckpt: dict, model, cfg: DictConfig) -> None:
             f"cannot resume from {path}, it does not match this run: {'; '.join(diffs)}. A resumed run continues "
             f"the checkpoint's own schedule: resume with the checkpoint's values, or {TRAIN_MORE.format(path=path)}"
         )
+
+
+def check_same_teacher(path: str, ckpt: dict, digest: str | None) -> None:
+    """A resumed distilled run must learn from the targets it started with (``digest``: this run's, None without a
+    teacher): another teacher, or the same runs predicted differently, is refused."""
+    saved = (ckpt.get(RUN_SETTINGS_KEY) or {}).get(DISTILL_KEY)
+    if saved == digest:
+        return
+    raise CheckpointError(
+        f"cannot resume from {path}: its run learnt from teacher targets with digest {saved}, this run's have "
+        f"{digest} (distill.teacher, distill.tta or the teacher's checkpoints changed). Resume with the same teacher, "
+        f"or {TRAIN_MORE.format(path=path)}"
+    )
 
 
 def check_schedule_length(saved: dict | None, total_steps: int, steps_per_epoch: int) -> None:

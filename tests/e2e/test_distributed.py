@@ -2,6 +2,7 @@
 oof.csv and temperature for a given model, each file written once, a k-fold ensemble assembled once."""
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,8 @@ from catdog.builders import build_datamodule, build_model
 from catdog.checkpoints import read_checkpoint
 from catdog.fit import score_checkpoint
 from catdog.runs.layout import split_text
-from tests.conftest import TINY, compose_train, make_flat, needs_extra, run_script
+from catdog.runs.resume import DISTILL_KEY, RUN_SETTINGS_KEY
+from tests.conftest import TINY, compose_train, make_flat, needs_extra, run_script, tiny_train_cfg
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
 
@@ -142,6 +144,52 @@ def test_staged_fine_tuning_on_two_processes_trains_like_one(tmp_path):
     assert backbone and max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-6
     results = [json.loads((tmp_path / r / "result.json").read_text()) for r in ("one", "two")]
     assert results[1]["val/logloss"] == pytest.approx(results[0]["val/logloss"], abs=1e-6)
+
+
+def test_a_distilled_student_on_two_processes_trains_like_one(tmp_path):
+    """A student of a 2-fold teacher whose out-of-fold rows are predicted again with a view (distill.tta=1) trains on
+    2 processes as on one, with :func:`test_staged_fine_tuning_on_two_processes_trains_like_one`'s bounds (the
+    teacher's term is, like the labels', a per-image loss averaged over the batch): the same targets (one
+    ``distill_targets.csv``, the same digest), weights and log loss. The 2 processes predict the teacher's views (the
+    first one; the other reuses what it kept) and the one process reuses them, so both students start from the
+    same random state only if predicting them leaves it as reusing does. Without its teacher the student ends far
+    outside these bounds."""
+    from catdog.training import train
+
+    data = make_flat(tmp_path / "data", per_class=15, test=0)
+    teacher = tmp_path / "teacher"
+    train(tiny_train_cfg(data, teacher, "ensemble.size=2", "data.seed=0"))
+    distill = [f"distill.teacher={teacher}", "distill.tta=1"]
+    two = run_script("train.py", _staged(data, tmp_path / "two", *DDP, "data.batch_size=4", *distill), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    logs = two.stdout + two.stderr
+    assert re.search(r"epoch 1: replicas in sync \(2 processes", logs)
+    assert len(re.findall(r"predicting its 30 out-of-fold rows again with tta=1", logs)) == 1
+    assert sorted(p.name for p in teacher.iterdir() if "tta" in p.name) == ["oof_tta1_zoom.csv", "oof_tta1_zoom.json"]
+    one = run_script("train.py", _staged(data, tmp_path / "one", "data.batch_size=8", *distill), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "oof_tta1_zoom.csv: the out-of-fold rows with tta=1 (zoom) kept from an earlier" in one.stdout + one.stderr
+
+    runs = [tmp_path / r for r in ("one", "two")]
+    records = [json.loads((r / "result.json").read_text())["distill"] for r in runs]
+    targets = [sorted(p.name for p in r.rglob("*distill_targets*")) for r in runs]
+    assert targets == [["distill_targets.csv"]] * 2
+    texts = [(r / "distill_targets.csv").read_text() for r in runs]
+    assert texts[1] == texts[0] and len(texts[1].splitlines()) == 1 + records[1]["images"] == 1 + 22
+    assert records[1]["targets_digest"] == records[0]["targets_digest"] == hashlib.sha1(texts[1].encode()).hexdigest()
+    assert records[1]["tta"] == 1 and "oof_tta1_zoom.csv" in records[1]["rows"]
+    checkpoints = [read_checkpoint(r / "checkpoints" / "last.ckpt") for r in runs]
+    assert [c[RUN_SETTINGS_KEY][DISTILL_KEY] for c in checkpoints] == [records[0]["targets_digest"]] * 2
+    assert checkpoints[1]["hyper_parameters"]["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    weights = [c["state_dict"] for c in checkpoints]
+    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-6
+    results = [json.loads((r / "result.json").read_text()) for r in runs]
+    assert results[1]["val/logloss"] == pytest.approx(results[0]["val/logloss"], abs=1e-6)
+
+    plain = run_script("train.py", _staged(data, tmp_path / "plain", "data.batch_size=8"), cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    alone = read_checkpoint(tmp_path / "plain" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert max(float((alone[k] - weights[1][k]).abs().max()) for k in alone) > 1e-4
 
 
 def test_replicas_that_drift_apart_stop_the_run(tmp_path):

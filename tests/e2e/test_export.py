@@ -19,6 +19,7 @@ from catdog.exported import ExportedClassifier, load_exported
 from catdog.exporting import export
 from catdog.inference import load_classifier
 from catdog.prediction import predict
+from catdog.quantize import QuantizationRefused
 from catdog.training import train
 from tests.conftest import CONF_DIR, compose_predict, extra_marks, installed, make_flat, needs_extra, tiny_train_cfg
 
@@ -179,6 +180,12 @@ def test_predict_with_an_exported_file_needs_input(trained, tmp_path):
     cfg = compose_predict([f"ckpt={files['torchscript']}", "num_workers=0", "device=cpu"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"input= \(or data\.dir=\) is required: .*model\.pt does not say"):
         predict(cfg)
+    # a CSV's image paths are read under data.dir, which an exported file cannot supply: the error names both
+    listed = tmp_path / "images.csv"
+    listed.write_text("image\ntest/1.jpg\n")
+    cfg = compose_predict([f"ckpt={files['torchscript']}", f"input={listed}", "num_workers=0"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.dir= is required: the image paths in input=.*images\.csv are read"):
+        predict(cfg)
 
 
 @needs_onnx
@@ -286,3 +293,100 @@ def test_command_line_refuses_to_replace_a_file_and_errors_are_one_line(trained,
         _run_cli(monkeypatch, tmp_path, "ckpt=missing.ckpt", "format=tflite")
     assert exit_info.value.code == 2
     assert _one_line(capsys).endswith("format must be one of ['onnx', 'torchscript'], got 'tflite'")
+
+
+# ----- quantize=int8 -------------------------------------------------------------------------------------------------
+def _int8(trained, output, *overrides):
+    ckpt, _, _ = trained
+    args = ["quantize=int8", "quantize.images=8", "quantize.num_workers=0", "quantize.batch_size=4", *overrides]
+    return _export(ckpt, output, *args)
+
+
+def _meta(path) -> dict:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return json.loads(session.get_modelmeta().custom_metadata_map["catdog"])
+
+
+def _evaluation(source, data, out, *extra) -> dict:
+    """predict.py labelled=true on the run's validation images (its split.csv): accuracy and log loss."""
+    args = [f"ckpt={source}", f"data.dir={data}", "labelled=true", "num_workers=0", "device=cpu", "precision=32"]
+    return predict(compose_predict([*args, *extra], output_dir=out))
+
+
+@needs_onnx
+def test_int8_file_holds_its_gate_and_predicts_as_the_gate_scored_it(trained, tmp_path):
+    """An int8 file written through its gate: int8 operators inside, the gate's figures in its metadata, and
+    predict.py reading it scores the run's validation images exactly as the gate did (the same crops through the
+    same file), the checkpoint as the gate's float32 figures; the int8 file stays within the gate of them."""
+    import onnx
+
+    ckpt, data, _ = trained
+    # 4 validation images: one flipped prediction is 25 points, so the accuracy limit allows one; log loss as default
+    path = _int8(trained, tmp_path / "model.int8.onnx", "quantize.max_acc_drop=25")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = _meta(path)
+    assert meta["precision"] == "int8" and meta["classes"] == ["cat", "dog"] and meta["image_size"] == 32
+    q = meta["quantization"]
+    assert q["dtype"] == "int8" and q["calibration_images"] == 8 and q["max_acc_drop"] == 25
+    split = ckpt.parents[1] / "split.csv"
+    val = sum(1 for line in split.read_text().splitlines()[1:] if line.endswith(",val"))
+    assert q["validation_images"] == val > 0
+    assert q["float32"]["accuracy"] - q["int8"]["accuracy"] <= 0.25
+    assert q["int8"]["log_loss"] - q["float32"]["log_loss"] <= 0.01
+    for source, key in ((path, "int8"), (ckpt, "float32")):
+        scores = _evaluation(source, data, tmp_path / key, f"input={split}")
+        assert scores["images"] == val
+        assert scores["accuracy"] == pytest.approx(q[key]["accuracy"], abs=1e-9)
+        assert scores["log_loss"] == pytest.approx(q[key]["log_loss"], abs=1e-5), key
+    # predict.py on unlabelled images: the classes of the checkpoint wherever it is not close to undecided
+    got, expected = _predict(path, data, tmp_path / "sub_int8"), _predict(ckpt, data, tmp_path / "sub_fp32")
+    assert got.keys() == expected.keys()
+    for k in expected:
+        # within 0.05 of the checkpoint's P(dog), or on the same side of 0.5: the gate bounds scores, not single
+        # images, and the rounding of the 14 quantized layers (13 convolutions, 1 linear) moves an undecided
+        # image's probability most
+        assert abs(got[k] - expected[k]) <= 0.05 or (got[k] > 0.5) == (expected[k] > 0.5), (k, got[k], expected[k])
+
+
+@needs_onnx
+def test_int8_file_failing_its_gate_is_not_written_and_replaces_nothing(trained, tmp_path):
+    """Limits no model can meet (a negative fall, a negative rise): refused, naming the limit, whatever the scores."""
+    fresh = tmp_path / "fresh.int8.onnx"
+    refused = r"^int8 model refused \(accuracy fell -?\d+\.\d\d points > quantize\.max_acc_drop=-1\): on \d+ validation"
+    with pytest.raises(QuantizationRefused, match=refused):
+        _int8(trained, fresh, "quantize.max_acc_drop=-1", "verify=false")
+    existing = tmp_path / "existing.int8.onnx"
+    existing.write_bytes(b"keep me")
+    refused = r"^int8 model refused \(log loss rose .* > quantize\.max_logloss_rise=-1\): .*; nothing was written$"
+    with pytest.raises(QuantizationRefused, match=refused):
+        _int8(trained, existing, "quantize.max_logloss_rise=-1", "overwrite=true", "verify=false")
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.int8.onnx"]
+
+
+@needs_onnx
+def test_int8_refusal_on_the_command_line_is_one_line_with_both_figures(trained, tmp_path, monkeypatch, capsys):
+    ckpt, _, _ = trained
+    args = [f"ckpt={ckpt}", "output=m.int8.onnx", "quantize=int8", "quantize.images=4", "quantize.num_workers=0"]
+    with pytest.raises(SystemExit) as exit_info:
+        _run_cli(monkeypatch, tmp_path, *args, "quantize.max_logloss_rise=-1")
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "[ERROR]" in line]
+    assert "int8 model refused (log loss rose" in line and line.endswith("nothing was written")
+    assert re.search(r"accuracy \d+\.\d\d% \(float32\) -> \d+\.\d\d% \(int8\), log loss \d\.\d{4} -> \d\.\d{4}", line)
+    assert not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_int8_needs_onnx_and_a_run_folder(trained, tmp_path):
+    ckpt, _, _ = trained
+    with pytest.raises(ConfigError, match=r"quantize=int8 applies to format=onnx only"):
+        _export(ckpt, tmp_path / "m.pt", "format=torchscript", "quantize=int8")
+    lone = tmp_path / "lone.ckpt"
+    lone.write_bytes(ckpt.read_bytes())
+    if all(installed(m) for m in ONNX_PACKAGES):
+        with pytest.raises(ConfigError, match=r"ckpt=.*lone\.ckpt is not in a run folder"):
+            _export(lone, tmp_path / "m.int8.onnx", "quantize=int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lone.ckpt"]

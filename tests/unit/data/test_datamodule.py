@@ -204,6 +204,28 @@ def test_soft_pseudo_targets_reach_the_batches(tmp_path):
     assert y.dtype == torch.float32 and y.shape == (len(x), 2)
 
 
+def test_a_teachers_targets_follow_each_label_and_pseudo_images_teach_themselves(tmp_path):
+    root = make_flat(tmp_path / "data", per_class=4, test=2)
+    teacher = _pseudo_csv(root, tmp_path, [0.96, 0.02])
+    dm = CatDogDataModule(
+        dir=str(root), image_size=32, num_workers=0, pseudo={"labels": str(teacher), "threshold": 0.95, "soft": True}
+    )
+    dm.setup("fit")
+    labelled = len(dm.train_set) - len(dm.pseudo.paths)  # the pseudo-labelled images come last
+    with pytest.raises(ValueError, match="teacher targets"):
+        dm.attach_teacher(torch.full((labelled + 1, 2), 0.5))
+    probs = torch.rand(labelled, 1)
+    dm.attach_teacher(torch.cat([probs, 1 - probs], 1))
+    targets = dm.train_targets
+    assert targets.shape == (len(dm.train_set), 4)
+    own = torch.nn.functional.one_hot(torch.tensor(dm.train_set.labels[:labelled]), 2).float()
+    assert torch.equal(targets[:labelled, :2], own) and torch.equal(targets[:labelled, 2], probs[:, 0])
+    at = dm.train_set.paths.index(str(root / "test" / "1.jpg"))
+    assert targets[at].tolist() == pytest.approx([0.04, 0.96, 0.04, 0.96])  # a pseudo image: its soft target twice
+    x, y, _ = next(iter(dm.train_dataloader()))
+    assert y.shape == (len(x), 4)
+
+
 def test_excluded_images_leave_both_sides_and_the_rest_keep_their_fold(tmp_path):
     root = make_flat(tmp_path / "data", per_class=6, test=0)
     kwargs = {"dir": str(root), "image_size": 32, "folds": 3, "fold": 1, "num_workers": 0}
