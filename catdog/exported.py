@@ -286,8 +286,8 @@ def load_exported(path: str | os.PathLike, fmt: str | None = None) -> ExportedCl
 
 
 def check_export_args(fmt: Any, opset: Any, batch: Any) -> str:
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt not in (*FORMATS, "hub"):
+        raise ConfigError(f"format must be one of {[*FORMATS, 'hub']}, got {fmt!r}")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
         raise ConfigError(f"opset must be null (the exporter's default) or an ONNX opset number, got {opset!r}")
     if opset is not None and fmt != "onnx":

@@ -11,6 +11,8 @@ raw ``logits``. Its metadata says how to resize and crop image files for it. The
 - TorchScript: the network traced (``torch.jit.trace``) inside a scripted module (``torch.jit.script``) that keeps the
   uint8 / float branch and has a ``logits`` method; the metadata in the extra file ``catdog.json``.
 
+``format=hub`` writes a Hugging Face Hub model folder instead (:mod:`catdog.hub`).
+
 Before anything is written, the exported model is run on random images and its probabilities compared with the
 checkpoint's (``verify=true``); with ``quantize=int8`` the ONNX file is then quantized and scored against the
 checkpoint on the run's validation images (:mod:`catdog.quantize`), and refused when it loses too much. The file is
@@ -44,7 +46,9 @@ from catdog.exported import (
     quiet_jit,
 )
 from catdog.fileio import atomic_open, check_writable
+from catdog.hub import check_output_folder, check_push, is_hub_folder, push_folder, write_hub_folder
 from catdog.inference import load_classifier
+from catdog.models.optim import plain
 from catdog.quantize import int8_model, int8_path, plan
 from catdog.runs.selection import resolve_members
 from catdog.validation import check_export_config
@@ -263,6 +267,8 @@ def export(cfg: DictConfig) -> Path:
     ckpt = members[0]
     if exported_format(ckpt):
         raise ConfigError(f"ckpt={ckpt} is already an exported model; pass the .ckpt it came from")
+    if fmt == "hub":
+        return export_hub(cfg, ckpt)
     output = check_writable(output_path(cfg.get("output"), fmt, ckpt, quantize), bool(cfg.overwrite))
     model = load_classifier(ckpt)
     batch = cfg.get("batch")
@@ -290,3 +296,24 @@ def export(cfg: DictConfig) -> Path:
     log.info("wrote %s (%.1f MB)", output, len(data) / 1e6)
     print(f"wrote {output}")
     return output
+
+
+def export_hub(cfg: DictConfig, ckpt: Path) -> Path:
+    """``format=hub``: the model folder of :mod:`catdog.hub` at ``output`` (default: ``hub/`` in the run folder),
+    pushed to ``hub.repo_id`` when set (the token and the Hub checked before anything is written)."""
+    if is_hub_folder(ckpt):
+        raise ConfigError(f"ckpt={ckpt} is already a model folder; pass the .ckpt it came from")
+    hub = plain(cfg.get("hub")) or {}
+    repo_id = hub.get("repo_id")
+    output = Path(str(cfg.output)).expanduser() if cfg.get("output") else ckpt.parent.parent / "hub"
+    check_output_folder(output, bool(cfg.overwrite))
+    token = check_push(repo_id) if repo_id else None
+    model = load_classifier(ckpt)
+    folder = write_hub_folder(model, dict(model.hparams), ckpt, output, repo_id, bool(cfg.overwrite))
+    log.info("wrote %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
+    print(f"wrote {folder}")
+    if repo_id:
+        url = push_folder(folder, repo_id, token, bool(hub.get("private", False)))
+        log.info("pushed %s to %s", folder, url)
+        print(f"pushed to {url}")
+    return folder

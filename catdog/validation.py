@@ -1,8 +1,8 @@
-"""One validation entry per command: every key of a ``train.py``, ``predict.py`` or ``export.py`` config is checked
-here, before any data or checkpoint is read and anything is written, each error naming the key, its value and what
-is allowed. The checks of one concern live with it (``check_data_config`` in the data module, ``check_optimizer`` in
-the optimizer's, ...); this module calls each of them once, and the code that later builds from a checked config
-does not check it again.
+"""One validation entry per command: every key of a ``train.py``, ``predict.py``, ``export.py`` or ``catdog-serve``
+config is checked here, before any data or checkpoint is read and anything is written, each error naming the key,
+its value and what is allowed. The checks of one concern live with it (``check_data_config`` in the data module,
+``check_optimizer`` in the optimizer's, ...); this module calls each of them once, and the code that later builds
+from a checked config does not check it again.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from catdog.distributed import check_distributed, shared_seed
 from catdog.ensemble import check_ensemble_mode
 from catdog.errors import ConfigError
 from catdog.exported import check_dependencies, check_export_args
+from catdog.hub import check_hub_settings
 from catdog.loggers import check_loggers
 from catdog.lr_find import check_tune
 from catdog.models.class_weights import check_class_weights
@@ -39,6 +40,7 @@ from catdog.models.tta import check_tta, check_view_set
 from catdog.models.weights import check_weights_available
 from catdog.quantize import check_quantize_config
 from catdog.runs.resume import check_init
+from catdog.serving.settings import check_serve_settings
 from catdog.submission import clip_bounds
 
 log = logging.getLogger(__name__)
@@ -118,11 +120,27 @@ def check_predict_config(cfg: DictConfig) -> None:
     check_outside_dir(OmegaConf.select(cfg, "data.csv_outside_dir", default=False))
 
 
+def check_serve_config(cfg: DictConfig) -> None:
+    """``catdog-serve``: TTA, views, ensembling, calibration, device, precision, decoder and the ``serve`` block."""
+    check_tta(cfg.tta)
+    check_view_set(cfg.get("tta_views", "zoom"))
+    check_ensemble_mode(cfg.get("ensemble", "prob"))
+    if not isinstance(cfg.get("calibrate", True), bool):
+        raise ConfigError(f"calibrate must be true or false, got {cfg.get('calibrate')!r}")
+    autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
+    check_decoder(cfg.get("decoder", "auto"))
+    check_serve_settings(plain(cfg.get("serve")))
+
+
 def check_export_config(cfg: DictConfig) -> None:
-    """``export.py``: format, opset, batch and quantization, and the packages they need."""
+    """``export.py``: format, opset, batch, quantization and the Hub settings, and the packages they need."""
     fmt = cfg.get("format")
     check_export_args(fmt, cfg.get("opset"), cfg.get("batch"))
     quantize = check_quantize_config(plain(cfg.get("quantize")), fmt)
+    if fmt == "hub":
+        if quantize is not None:
+            raise ConfigError("quantize= applies to format=onnx; a format=hub folder holds the float32 weights")
+        check_hub_settings(plain(cfg.get("hub")))
     # quantize=int8 runs ONNX Runtime (calibration and the gate) whether or not the float32 file is verified
     check_dependencies(fmt, bool(cfg.get("verify", True)) or quantize is not None)
 

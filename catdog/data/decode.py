@@ -46,7 +46,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.data.datamodule import make_loader
-from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image, open_regular_file
+from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image, load_image_bytes, open_regular_file
 from catdog.data.transforms import TTASquare, eval_resize_size, interpolation_mode
 from catdog.errors import BadImageError, ConfigError
 
@@ -285,15 +285,23 @@ def decode_cpu(path: str, geometry: EvalGeometry) -> torch.Tensor:
     libjpeg-turbo for other JPEGs the fast path takes, ``load_image`` for the rest; raises only ``BadImageError``."""
     path = os.fsdecode(path)
     data = read_file(path)
-    info = jpeg_info(data) if data is not None else None
+    if data is None:  # load_image says why
+        return resize_crop(pil_to_tensor(load_image(path, draft_size=geometry.resize)), geometry)
+    return decode_bytes(data, path, geometry)
+
+
+def decode_bytes(data: bytes, name: str, geometry: EvalGeometry, max_pixels: int | None = None) -> torch.Tensor:
+    """:func:`decode_cpu` for an image held in memory (errors name ``name``); ``max_pixels`` as in ``load_image``."""
+    info = jpeg_info(data)
     x = None
-    if info is not None and min(info.width, info.height) < 2 * geometry.resize:
+    small = info is not None and min(info.width, info.height) < 2 * geometry.resize
+    if small and (max_pixels is None or info.width * info.height <= max_pixels):
         try:
             x = orient(_decode_jpegs([data], torch.device("cpu"))[0], info.orientation)
-        except Exception:  # noqa: BLE001 - libjpeg refused it: load_image decides
+        except Exception:  # noqa: BLE001 - libjpeg refused it: load_image_bytes decides
             x = None
     if x is None:
-        x = pil_to_tensor(load_image(path, draft_size=geometry.resize))
+        x = pil_to_tensor(load_image_bytes(data, name, draft_size=geometry.resize, max_pixels=max_pixels))
     return resize_crop(x, geometry)
 
 

@@ -9,6 +9,7 @@ than ``MAX_PIXELS`` pixels (refused from its header, before the pixels are alloc
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import stat
@@ -149,28 +150,39 @@ def open_regular_file(path: str):
 
 
 @contextmanager
+def _identified(fh, size: int, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The image in the open file ``fh`` (``size`` bytes), identified and size-checked, its pixels not yet decoded;
+    errors name ``name``."""
+    if size == 0:
+        raise BadImageError(name, "empty file (0 bytes)")
+    try:
+        img = Image.open(fh, formats=_open_formats())
+    except UnidentifiedImageError:
+        fh.seek(0)
+        raise BadImageError(name, _describe(fh.read(64), size)) from None
+    with img:
+        _check_size(name, img, max_pixels)
+        yield img
+
+
+@contextmanager
 def _opened(path: str, max_pixels: int) -> Iterator[Image.Image]:
     """The identified, size-checked image at ``path``, pixels not yet decoded; closed on exit."""
     fh, size = open_regular_file(path)
-    with fh:
-        if size == 0:
-            raise BadImageError(path, "empty file (0 bytes)")
-        try:
-            img = Image.open(fh, formats=_open_formats())
-        except UnidentifiedImageError:
-            fh.seek(0)
-            raise BadImageError(path, _describe(fh.read(64), size)) from None
-        with img:
-            _check_size(path, img, max_pixels)
-            yield img
+    with fh, _identified(fh, size, path, max_pixels) as img:
+        yield img
+
+
+def _decoded(img: Image.Image, name: str, draft_size: int | None) -> Image.Image:
+    if draft_size and draft_size > 0 and img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (draft_size, draft_size))
+    img.load()
+    return _to_rgb(_apply_orientation(img, name))
 
 
 def _decode(path: str, draft_size: int | None, max_pixels: int) -> Image.Image:
     with _opened(path, max_pixels) as img:
-        if draft_size and draft_size > 0 and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (draft_size, draft_size))
-        img.load()
-        return _to_rgb(_apply_orientation(img, path))
+        return _decoded(img, path, draft_size)
 
 
 def _verify_header(path: str, max_pixels: int) -> None:
@@ -208,6 +220,20 @@ def load_image(
     """
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     return _guarded(path, lambda p: _decode(p, draft_size, limit))
+
+
+def load_image_bytes(
+    data: bytes, name: str, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """:func:`load_image` for an image held in memory (e.g. an upload): the same decoding, limits and errors, which
+    name ``name`` in place of a path."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+
+    def read(label: str) -> Image.Image:
+        with _identified(io.BytesIO(data), len(data), label, limit) as img:
+            return _decoded(img, label, draft_size)
+
+    return _guarded(name, read)
 
 
 def check_image(path: str | bytes | os.PathLike, full: bool = True) -> str | None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 # ----- numbers -----------------------------------------------------------------------------------------------------
@@ -324,3 +325,15 @@ def plot_gradcam(items: Sequence[dict], columns: int = 4) -> bytes:
         return f"{name}\ntrue {item['true']}, {verdict}\npredicted {predicted} {item['p']:.3f}"
 
     return _grid(items, columns, draw, caption, "no image to explain")
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> bytes:
+    """A Grad-CAM overlay as one PNG the size of ``image`` (H, W, 3 uint8): ``cam`` (H, W in [0, 1]) in the jet
+    colour map blended over it with ``alpha``, as :func:`plot_gradcam` draws each picture."""
+    from matplotlib import colormaps  # matplotlib's colour maps only: no figure, no backend
+
+    heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3] * 255.0
+    blended = (1.0 - alpha) * image.astype(np.float64) + alpha * heat
+    out = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()

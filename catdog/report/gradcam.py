@@ -183,7 +183,7 @@ def grad_cam(module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray
         with torch.inference_mode(False), torch.enable_grad():
             x = normalize(images.clone(), module.mean, module.std).requires_grad_(True)
             logits = net(x)
-            score = logits.gather(1, torch.as_tensor(list(classes)).view(-1, 1)).sum()
+            score = logits.gather(1, torch.as_tensor(list(classes), device=logits.device).view(-1, 1)).sum()
             tokens = kept["a"].ndim == 3 and kept.get("input") is not None
             tokens = tokens and kept["input"].shape == kept["a"].shape and kept["input"].requires_grad
             wrt = [kept["a"], kept["input"]] if tokens else [kept["a"]]
@@ -204,7 +204,7 @@ def grad_cam(module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray
     peak = cam.amax(dim=(1, 2), keepdim=True)
     # A map whose positive part is rounding noise against the evidence's own scale says nothing: all 0.
     scale = evidence.abs().amax(dim=(1, 2, 3)).view(-1, 1, 1)
-    return torch.where(peak > 1e-6 * scale, cam / peak.clamp_min(1e-300), 0.0).float().numpy()
+    return torch.where(peak > 1e-6 * scale, cam / peak.clamp_min(1e-300), 0.0).float().cpu().numpy()
 
 
 def mean_map(cams: Sequence[np.ndarray], shape: Sequence[int]) -> np.ndarray:

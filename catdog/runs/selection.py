@@ -1,5 +1,6 @@
 """What ``predict.py ckpt=...`` predicts with: a checkpoint file, a run folder, a k-fold ensemble (its manifest), a
-sweep folder (its best job), a list of any of these, or ``latest``.
+sweep folder (its best job), a Hub model folder or ``hf://NAME`` (:mod:`catdog.hub`), a list of any of these, or
+``latest``.
 
 ``latest`` is the most recently finished training under the outputs folder, whatever its kind: a single run (its
 ``result.json``), a k-fold ensemble (its ``manifest.json``; the folds of an unfinished one are not candidates), or a
@@ -17,6 +18,7 @@ from pathlib import Path
 from omegaconf import ListConfig, OmegaConf
 
 from catdog.errors import CheckpointError
+from catdog.hub import download, is_hub_folder, is_hub_ref
 from catdog.runs.layout import (
     BEST_NAME,
     CHECKPOINT_DIR,
@@ -125,7 +127,11 @@ def resolve_members(ckpt, outputs: str | os.PathLike = "outputs") -> list[Path]:
         if not members:
             raise CheckpointError("ckpt=[] names no checkpoint")
         return members
+    if is_hub_ref(str(ckpt)):
+        return [download(str(ckpt))]
     path = find_latest(outputs) if str(ckpt) == "latest" else Path(str(ckpt)).expanduser()
+    if is_hub_folder(path):
+        return [path]
     if path.is_dir() and not (path / MANIFEST_NAME).is_file() and _is_sweep(path):
         path = best_sweep_job(path)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():

@@ -78,6 +78,7 @@ def test_two_processes_validate_like_one_and_write_each_file_once(tmp_path):
     assert len(split) == 1 + 30 and len(set(split)) == len(split)
 
 
+@pytest.mark.slow  # 25 s on 2 cores: two processes through every fold
 def test_two_process_kfold_assembles_its_ensemble_once(tmp_path):
     data = make_flat(tmp_path / "data", per_class=6, test=0)
     out = tmp_path / "out"
@@ -146,6 +147,7 @@ def test_staged_fine_tuning_on_two_processes_trains_like_one(tmp_path):
     assert results[1]["val/logloss"] == pytest.approx(results[0]["val/logloss"], abs=1e-6)
 
 
+@pytest.mark.slow  # 40 s on 2 cores (a teacher, its views and two students); one-vs-two processes is tested above
 def test_a_distilled_student_on_two_processes_trains_like_one(tmp_path):
     """A student of a 2-fold teacher whose out-of-fold rows are predicted again with a view (distill.tta=1) trains on
     2 processes as on one, with :func:`test_staged_fine_tuning_on_two_processes_trains_like_one`'s bounds (the
@@ -192,6 +194,7 @@ def test_a_distilled_student_on_two_processes_trains_like_one(tmp_path):
     assert max(float((alone[k] - weights[1][k]).abs().max()) for k in alone) > 1e-4
 
 
+@pytest.mark.slow  # 19 s on 2 cores: two processes made to drift apart
 def test_replicas_that_drift_apart_stop_the_run(tmp_path):
     data = make_flat(tmp_path / "data", per_class=6, test=0)
     out = tmp_path / "run"

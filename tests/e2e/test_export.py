@@ -209,7 +209,7 @@ def test_resnet18_exports_to_onnx_with_a_fixed_batch(tmp_path):
 
 def test_bad_settings_are_one_line_errors_naming_the_key(trained, tmp_path):
     ckpt, _, files = trained
-    with pytest.raises(ConfigError, match=r"format must be one of \['onnx', 'torchscript'\], got 'tflite'"):
+    with pytest.raises(ConfigError, match=r"format must be one of \['onnx', 'torchscript', 'hub'\], got 'tflite'"):
         _export(ckpt, tmp_path / "m.onnx", "format=tflite")
     # torchscript: format=onnx checks its packages first (catdog.validation.check_export_config), before the ckpt
     with pytest.raises(CheckpointError, match=r"ckpt=.*missing\.ckpt: no such file"):
@@ -292,7 +292,7 @@ def test_command_line_refuses_to_replace_a_file_and_errors_are_one_line(trained,
     with pytest.raises(SystemExit) as exit_info:
         _run_cli(monkeypatch, tmp_path, "ckpt=missing.ckpt", "format=tflite")
     assert exit_info.value.code == 2
-    assert _one_line(capsys).endswith("format must be one of ['onnx', 'torchscript'], got 'tflite'")
+    assert _one_line(capsys).endswith("format must be one of ['onnx', 'torchscript', 'hub'], got 'tflite'")
 
 
 # ----- quantize=int8 -------------------------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ def test_multirun_over_folds_and_sweep_summary(tmp_path):
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # 25 s on 2 cores; a multirun over folds is tested by test_multirun_over_folds_and_sweep_summary
 def test_sweeps_with_kfold_give_every_job_its_own_folder(tmp_path):
     """Sweeping another key over a k-fold experiment, or data.fold together with another key: one folder per job."""
     data = make_flat(tmp_path / "data", per_class=6, test=0)

@@ -19,6 +19,7 @@ from catdog.data.decode import (
     DecodedBatches,
     EvalGeometry,
     decode_batch,
+    decode_bytes,
     decode_cpu,
     fast_loader,
     jpeg_info,
@@ -301,3 +302,16 @@ def test_nvjpeg_batch_is_close_to_the_pil_path(mixed):
     batches = list(DecodedBatches(mixed, geometry, 5, cuda, workers=2))
     assert all(x.device.type == "cuda" for x, _, _ in batches)
     assert torch.cat([i for _, _, i in batches]).tolist() == list(range(len(mixed)))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g.image_size}-{g.interpolation}-sq{int(g.square)}")
+def test_bytes_in_memory_decode_as_the_file_does(mixed, geometry):
+    """decode_bytes (an upload) gives decode_cpu's pixels (a file) exactly: the same code after reading."""
+    for path in mixed:
+        assert torch.equal(decode_bytes(path.read_bytes(), "the upload", geometry), decode_cpu(path, geometry)), path
+
+
+def test_bytes_over_max_pixels_are_refused_before_decoding(mixed):
+    data = mixed[1].read_bytes()  # 200 x 200
+    with pytest.raises(BadImageError, match="more than the limit of 1,000"):
+        decode_bytes(data, "the upload", GEOMETRIES[0], max_pixels=1_000)

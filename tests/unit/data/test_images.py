@@ -622,3 +622,28 @@ def test_exif_rotated_image_is_upright(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     img.save(tmp_path / "r.jpg", exif=exif)
     assert load_image(tmp_path / "r.jpg").size == (20, 40)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_bytes_in_memory_are_refused_for_the_same_reason_as_the_file(kind, tmp_path):
+    """load_image_bytes (uploads) gives the reason load_image gives for the same bytes on disk, naming the upload."""
+    data = BAD_FILES[kind]()
+    with pytest.raises(BadImageError) as from_file:
+        load_image(write(tmp_path / f"{kind}.jpg", data))
+    with pytest.raises(BadImageError) as from_bytes:
+        images.load_image_bytes(data, "the upload")
+    assert from_bytes.value.reason == from_file.value.reason
+    assert from_bytes.value.path == "the upload"
+
+
+@pytest.mark.parametrize("draft_size", [None, 40])
+def test_bytes_in_memory_decode_to_the_files_pixels(draft_size, tmp_path):
+    path = make_image(tmp_path / "cat.jpg", size=(300, 200), seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(path).save(path, exif=exif.tobytes())
+    expected = np.asarray(load_image(path, draft_size=draft_size))
+    got = np.asarray(images.load_image_bytes(path.read_bytes(), "the upload", draft_size=draft_size))
+    assert got.shape == expected.shape
+    assert got.shape[:2] == (300, 200) or draft_size  # rotated by its EXIF orientation
+    assert np.array_equal(got, expected)
