@@ -15,7 +15,7 @@ from catdog.callbacks import interactive, progress_bar
 from catdog.checkpoints import SafeCheckpointIO
 from catdog.loggers import build_loggers
 from catdog.models.class_weights import resolve_class_weights
-from catdog.models.distillation import check_distill
+from catdog.models.distillation import active_distill
 from catdog.models.networks import check_input_size
 from catdog.models.optim import plain
 from catdog.models.precision import resolve_precision, uses_cuda
@@ -72,7 +72,7 @@ def build_model(cfg: DictConfig, classes: list[str], train_labels: list[int] | N
         mean=preset["mean"],
         std=preset["std"],
         class_weights=resolve_class_weights(cfg.model.get("class_weights"), train_labels, classes),
-        distill=check_distill(plain(cfg.get("distill"))),
+        distill=active_distill(plain(cfg.get("distill"))),
         **({"weights": None, "pretrained": str(init)} if init else {}),
         _recursive_=False,
         _convert_="all",

@@ -27,13 +27,14 @@ import torch
 from catdog.blending import OofRun, blend_probs, log_probs, read_oof_run
 from catdog.data.datamodule import default_num_workers
 from catdog.data.decode import resolve_decoder
+from catdog.ensemble import combine
 from catdog.errors import CheckpointError, ConfigError
 from catdog.metrics import accuracy, log_loss
-from catdog.models.distillation import check_distill
+from catdog.models.distillation import active_distill
 from catdog.models.optim import plain
-from catdog.models.precision import autocast_dtype, resolve_device
+from catdog.models.precision import resolve_device
 from catdog.oof_views import oof_with_views
-from catdog.prediction import predict_member
+from catdog.prediction import predict_member, view_settings
 from catdog.runs.layout import (
     BLEND_NAME,
     MANIFEST_NAME,
@@ -140,7 +141,7 @@ def combine_rows(runs: list[OofRun], weights: list[float] | None, temperature: f
     """The teacher's probabilities: the runs' mean, or their blend (``weights`` on their log-probabilities, then
     ``temperature``)."""
     if weights is None:
-        return np.mean([r.probs for r in runs], axis=0)
+        return combine([r.probs for r in runs], "prob")
     return blend_probs(torch.stack([log_probs(r.probs) for r in runs]), weights, temperature).numpy()
 
 
@@ -170,8 +171,7 @@ def teacher_predictor(cfg) -> tuple[Callable, dict]:
         predict_member, tta=int(cfg.distill.tta), device=device, batch_size=batch_size, workers=workers,
         precision="auto", compile=False, views=cfg.distill.tta_views, decoder=decoder,
     )  # fmt: skip
-    settings = {"precision": str(autocast_dtype("auto", device)), "decoder": decoder}
-    return (lambda model, paths: predict(model, paths=paths, temperature=None)), settings
+    return (lambda model, paths: predict(model, paths=paths, temperature=None)), view_settings("auto", device, decoder)
 
 
 def targets_text(paths: list[str], labels: list[str], probs: np.ndarray, classes: list[str]) -> str:
@@ -231,7 +231,7 @@ class Student:
 def attach_teacher(cfg, datamodule) -> Student | None:
     """With ``distill.teacher``: the teacher's probabilities for ``datamodule``'s labelled training images attached
     to it (:meth:`catdog.data.datamodule.CatDogDataModule.attach_teacher`; the datamodule set up); None without."""
-    distill = check_distill(plain(cfg.get("distill")))
+    distill = active_distill(plain(cfg.get("distill")))
     if distill is None:
         return None
     root = Path(datamodule.root)
@@ -243,7 +243,7 @@ def attach_teacher(cfg, datamodule) -> Student | None:
         teacher = load_teacher(distill, root, predict, settings)
     check_classes(teacher, datamodule.classes)
     train = datamodule.train_set
-    labelled = len(train) - (len(datamodule.pseudo.paths) if datamodule.pseudo is not None else 0)
+    labelled = datamodule.labelled_count
     paths = [rel_path(p, root) for p in train.paths[:labelled]]
     probs = teacher.rows_for(paths)
     datamodule.attach_teacher(torch.from_numpy(probs))

@@ -53,6 +53,8 @@ from catdog.models.tta import predict_views
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
+#: What ``export.py format=`` takes: the model files above, or a Hugging Face Hub folder (catdog.hub).
+EXPORT_FORMATS = (*FORMATS, "hub")
 #: The ONNX ``metadata_props`` key of the JSON metadata.
 METADATA_KEY = "catdog"
 #: The TorchScript extra file holding the same JSON.
@@ -286,8 +288,8 @@ def load_exported(path: str | os.PathLike, fmt: str | None = None) -> ExportedCl
 
 
 def check_export_args(fmt: Any, opset: Any, batch: Any) -> str:
-    if fmt not in (*FORMATS, "hub"):
-        raise ConfigError(f"format must be one of {[*FORMATS, 'hub']}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
         raise ConfigError(f"opset must be null (the exporter's default) or an ONNX opset number, got {opset!r}")
     if opset is not None and fmt != "onnx":

@@ -309,7 +309,7 @@ def export_hub(cfg: DictConfig, ckpt: Path) -> Path:
     check_output_folder(output, bool(cfg.overwrite))
     token = check_push(repo_id) if repo_id else None
     model = load_classifier(ckpt)
-    folder = write_hub_folder(model, dict(model.hparams), ckpt, output, repo_id, bool(cfg.overwrite))
+    folder = write_hub_folder(model, ckpt, output, repo_id, bool(cfg.overwrite))
     log.info("wrote %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
     print(f"wrote {folder}")
     if repo_id:

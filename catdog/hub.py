@@ -104,10 +104,9 @@ def run_folder(ckpt: Path) -> Path | None:
     return run if (run / RESULT_NAME).is_file() else None
 
 
-def hub_config(model, hparams: dict, ckpt: Path) -> dict[str, Any]:
-    """config.json: the model's rebuild recipe, preprocessing, temperature and the run's figures."""
+def hub_config(model, ckpt: Path, run: Path | None) -> dict[str, Any]:
+    """config.json: the model's rebuild recipe, preprocessing, temperature and the figures of its ``run``."""
     hp = model.hparams
-    run = run_folder(ckpt)
     result = json.loads((run / RESULT_NAME).read_text()) if run is not None else {}
     metrics = {k: result[k] for k, _ in FIGURES if isinstance(result.get(k), (int, float))}
     data = {k: v for k, v in (model.datamodule_hparams or {}).items() if k in DATA_KEYS}
@@ -117,7 +116,7 @@ def hub_config(model, hparams: dict, ckpt: Path) -> dict[str, Any]:
         "crop_pct": float(hp.crop_pct), "resize_size": eval_resize_size(int(hp.image_size), float(hp.crop_pct)),
         "interpolation": str(hp.interpolation), "mean": list(hp.mean), "std": list(hp.std),
         "temperature": model.temperature,
-        "hyper_parameters": _jsonable({**hparams, "weights": None}, "hyper_parameters"),
+        "hyper_parameters": _jsonable({**hp, "weights": None}, "hyper_parameters"),
         "data": _jsonable(data, "data settings"), "metrics": metrics,
         "epochs": result.get("epochs"), "train_images": result.get("train_images"), "source": ckpt.name,
     }  # fmt: skip
@@ -208,15 +207,13 @@ def check_hub_settings(hub: Any) -> dict[str, Any]:
     return hub
 
 
-def write_hub_folder(
-    model, hparams: dict, ckpt: Path, output: Path, repo_id: str | None = None, overwrite: bool = False
-) -> Path:
+def write_hub_folder(model, ckpt: Path, output: Path, repo_id: str | None = None, overwrite: bool = False) -> Path:
     """Write the folder (see the module docstring) to ``output`` (:func:`check_output_folder`); built in a sibling
     temporary folder and renamed into place, so a failure leaves nothing half-written and an old folder whole."""
     st = _safetensors()
     check_output_folder(output, overwrite)
-    config = hub_config(model, hparams, ckpt)
     run = run_folder(ckpt)
+    config = hub_config(model, ckpt, run)
     pictures = sorted(p.name for p in (run / REPORT_DIR).glob("*.png")) if run is not None else []
     staging = output.with_name(f".{output.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -67,14 +67,26 @@ def predict_loader(
             progress.update(len(idx))
             if x.numel() == 0:
                 continue
-            x = x.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-                p = forward(x, tta, temperature)
-            probs.append(p.float().cpu())
+            probs.append(forward_batch(forward, x, tta, device, dtype, temperature))
             indices.append(idx)
     if not probs:
         return np.zeros((0, len(model.classes))), np.zeros(0, dtype=np.int64)
     return torch.cat(probs).numpy().astype(np.float64), torch.cat(indices).numpy()
+
+
+def forward_batch(forward, x: torch.Tensor, tta: int, device: torch.device, dtype, temperature) -> torch.Tensor:
+    """One batch of uint8 crops through ``forward`` (a model's ``predict_proba``) as prediction runs it: on ``device``,
+    under autocast to ``dtype`` (None: float32), the probabilities back as float32 on the CPU."""
+    x = x.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+        p = forward(x, tta, temperature)
+    return p.float().cpu()
+
+
+def view_settings(precision: str, device: torch.device, decoder: str) -> dict[str, str]:
+    """What re-predicted out-of-fold rows depend on besides the views (:mod:`catdog.oof_views` keeps them under
+    it): the autocast dtype and the decoder. ``predict.py blend=oof`` and distillation's teacher share kept rows."""
+    return {"precision": str(autocast_dtype(precision, device)), "decoder": decoder}
 
 
 def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[str, str]]]:
@@ -155,7 +167,7 @@ def predict(cfg: DictConfig):
         predict_member, tta=tta, device=device, batch_size=cfg.batch_size, workers=workers, precision=precision,
         compile=bool(cfg.get("compile")), views=views, decoder=decoder,
     )  # fmt: skip
-    settings = {"precision": str(autocast_dtype(precision, device)), "decoder": decoder}
+    settings = view_settings(precision, device, decoder)
     members, blend, blend_path = _choose_members(
         cfg, outputs["predictions"] if cfg.labelled else output, predict_one, settings
     )

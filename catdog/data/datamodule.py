@@ -304,12 +304,16 @@ class CatDogDataModule(pl.LightningDataModule):
             self.train_targets = torch.cat([own, torch.from_numpy(pseudo.targets).float()])
         return LabelledImages(train.paths + pseudo.paths, train.labels + hard, train.classes, train.layout)
 
+    @property
+    def labelled_count(self) -> int:
+        """How many of :attr:`train_set`'s images are labelled (the pseudo-labelled ones come after them)."""
+        return len(self.train_set) - (len(self.pseudo.paths) if self.pseudo is not None else 0)
+
     def attach_teacher(self, teacher: torch.Tensor) -> None:
         """Distillation (:mod:`catdog.models.distillation`): ``teacher`` (N, K) holds the teacher's probabilities for
         the N labelled training images, in :attr:`train_set`'s order; pseudo-labelled images take their own targets
         as the teacher's. Every training target becomes ``2K`` wide: the label's distribution, then the teacher's."""
-        classes = len(self.classes)
-        labelled = len(self.train_set) - (len(self.pseudo.paths) if self.pseudo is not None else 0)
+        classes, labelled = len(self.classes), self.labelled_count
         if tuple(teacher.shape) != (labelled, classes):
             raise ValueError(f"teacher targets {tuple(teacher.shape)} for {labelled} images of {classes} classes")
         own = self.train_targets

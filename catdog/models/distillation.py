@@ -57,7 +57,16 @@ def check_distill(distill: dict | None) -> dict | None:
         raise ConfigError(f"distill.temperature must be a positive number, got {t!r}")
     check_tta(d["tta"], key="distill.tta")
     check_view_set(d["tta_views"], key="distill.tta_views")
-    return {**d, "alpha": float(alpha), "temperature": float(t), "tta": int(d["tta"])}
+    return active_distill(distill)
+
+
+def active_distill(distill: dict | None) -> dict | None:
+    """A checked ``distill`` config (:func:`check_distill`, called by the command's validation) completed with its
+    defaults and its numbers as floats / int, or None when no teacher is set: what the builders use."""
+    d = complete_distill(distill)
+    if d["teacher"] is None:
+        return None
+    return {**d, "alpha": float(d["alpha"]), "temperature": float(d["temperature"]), "tta": int(d["tta"])}
 
 
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -13,7 +13,6 @@ file; on CUDA predict.py decodes JPEGs with nvJPEG and the server on the CPU (th
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from catdog.errors import BadImageError, CheckpointError, ConfigError
 from catdog.hub import WEIGHTS_NAME, is_hub_folder, read_hub_config
 from catdog.inference import load_classifier
 from catdog.models.precision import autocast_dtype
+from catdog.prediction import forward_batch
 from catdog.report.figures import overlay_png
 from catdog.report.gradcam import grad_cam, mean_map
 from catdog.runs.layout import FOLD_PREFIX, RESULT_NAME, read_json
@@ -70,7 +70,8 @@ class Predictor:
     """``members`` (checkpoint paths, as :func:`catdog.runs.selection.resolve_members` gives) on ``device``.
 
     :meth:`decode` turns an upload's bytes into the crops the members take (or an :class:`UploadError`);
-    :meth:`predict` answers a batch of them."""
+    :meth:`predict` answers a batch of them. ``identity``: :attr:`identity` as another Predictor of the same
+    members computed it (else each member's file is hashed here)."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class Predictor:
         decoder: str = "fast",
         max_pixels: int | None = None,
         gradcam: bool = False,
+        identity: list[dict] | None = None,
     ):
         self.device = torch.device(device)
         self.tta, self.views, self.mode, self.decoder = int(tta), views, ensemble, decoder
@@ -113,7 +115,8 @@ class Predictor:
                     "checkpoint, or set serve.gradcam=false"
                 )
             self.cam_geometries = [self._geometry(m, False) for m in self.models]
-        self.identity = [member_identity(p, t) for p, t in zip(self.members, self.temperatures)]
+        # given by the process that loaded the members first (catdog.serving.server): each file is hashed once
+        self.identity = identity or [member_identity(p, t) for p, t in zip(self.members, self.temperatures)]
 
     @staticmethod
     def _geometry(model, square: bool) -> Geometry:
@@ -146,11 +149,9 @@ class Predictor:
         """(N, K) float64 probabilities of a batch of decoded uploads, as ``predict.py`` computes them."""
         member_probs = []
         for model, geometry, temperature in zip(self.models, self.geometries, self.temperatures):
-            x = torch.stack([s[geometry] for s in samples]).to(self.device, non_blocking=True)
-            autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else None
-            with autocast or contextlib.nullcontext():
-                p = model.predict_proba(x, self.tta, temperature)
-            member_probs.append(p.float().cpu().numpy().astype(np.float64))
+            x = torch.stack([s[geometry] for s in samples])
+            p = forward_batch(model.predict_proba, x, self.tta, self.device, self.dtype, temperature)
+            member_probs.append(p.numpy().astype(np.float64))
         return combine(member_probs, self.mode)
 
     def predict(self, samples: Sequence[dict[Geometry, torch.Tensor] | UploadError]) -> list[dict | UploadError]:

@@ -89,15 +89,12 @@ class CatdogAPI(ls.LitAPI if ls is not None else object):
         return output
 
 
-def _reply(status: int, detail: str):
+async def _reply(send, status: int, detail: str) -> None:
+    """A JSON ``{"detail": ...}`` answer with ``status``, sent on the ASGI channel ``send``."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-
-    async def send_to(send) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return send_to
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
@@ -129,7 +126,7 @@ class BodyLimit:
         too_big = f"the request body is over serve.max_bytes={self.max_bytes:,} (the image's own size limit)"
         declared = next((v for k, v in headers if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > limit:
-            await _reply(413, too_big)(send)
+            await _reply(send, 413, too_big)
             return
         body, more = bytearray(), True
         while more:
@@ -138,18 +135,18 @@ class BodyLimit:
                 return
             body += message.get("body", b"")
             if len(body) > limit:
-                await _reply(413, too_big)(send)
+                await _reply(send, 413, too_big)
                 return
             more = message.get("more_body", False)
         if kind == "json":
             try:
                 json.loads(body)
             except ValueError:
-                await _reply(400, f"the JSON body is not valid JSON: {HOW}")(send)
+                await _reply(send, 400, f"the JSON body is not valid JSON: {HOW}")
                 return
         elif kind == "raw":
             if not body:
-                await _reply(400, f"empty request body: {HOW}")(send)
+                await _reply(send, 400, f"empty request body: {HOW}")
                 return
             body = bytearray(json.dumps({"image": base64.b64encode(bytes(body)).decode("ascii")}).encode())
             headers = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
@@ -177,7 +174,10 @@ def build_server(cfg: DictConfig, members: list[Path]):
         "calibrate": bool(cfg.calibrate), "precision": str(cfg.precision), "decoder": resolve_decoder(cfg.decoder),
         "max_pixels": int(s["max_pixels"]), "gradcam": bool(s["gradcam"]),
     }  # fmt: skip
-    info = Predictor(**predictor_args, device="cpu").info()
+    first = Predictor(**predictor_args, device="cpu")
+    info = first.info()
+    predictor_args["identity"] = first.identity  # the workers reuse the files' digests
+    del first
     workers = int(s["workers_per_device"])
     threads = s.get("threads") or (max(1, (os.cpu_count() or 1) // workers) if device.type == "cpu" else None)
     api = CatdogAPI(predictor_args, int(s["max_bytes"]), threads, int(s["max_batch_size"]), float(s["batch_timeout"]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+from omegaconf import open_dict
 
 from tests.conftest import make_flat, make_image, tiny_train_cfg
 
@@ -39,3 +42,18 @@ def kfold_pair(tmp_path_factory):
     for seed in (1, 2):
         train(tiny_train_cfg(data, root / f"run{seed}", *LEARNS, "ensemble.size=2", f"seed={seed}", "data.seed=0"))
     return root / "run1", root / "run2", data
+
+
+def train_until_interrupted(cfg, epoch: int, raises=SystemExit) -> None:
+    """Train ``cfg`` until Ctrl-C (``tests.helpers.InterruptAt``) at the start of ``epoch``: Lightning saves, shuts
+    down and exits (``raises``: what the test expects to come out of ``train``). Python's own Ctrl-C handler is put
+    back afterwards: Lightning ignores Ctrl-C from then on."""
+    from catdog.training import train  # see trained(): Lightning imported late
+
+    with open_dict(cfg):
+        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": epoch}
+    try:
+        with pytest.raises(raises):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

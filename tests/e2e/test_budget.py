@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 import catdog.budget as budget
 from catdog.builders import build_datamodule, build_model, build_trainer
@@ -16,6 +15,7 @@ from catdog.checkpoints import read_checkpoint
 from catdog.runs.resume import RUN_SETTINGS_KEY
 from catdog.training import train
 from tests.conftest import make_flat, tiny_train_cfg
+from tests.e2e.conftest import train_until_interrupted
 
 
 def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(tmp_path, monkeypatch):
@@ -39,11 +39,7 @@ def test_a_run_with_a_budget_trains_the_planned_epochs_and_a_resume_keeps_them(t
         "trainer.budget_minutes=5", "trainer.max_epochs=4", "data.image_size=48",
         "data.progressive={start_size: 32, epochs: 2, multiple: 8}",
     ]  # fmt: skip
-    cfg = tiny_train_cfg(data, tmp_path / "run", *extra)
-    with open_dict(cfg):
-        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": 2}
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(cfg)
+    train_until_interrupted(tiny_train_cfg(data, tmp_path / "run", *extra), 2, (KeyboardInterrupt, SystemExit))
     assert measured == [[32, 40, 48]]
     saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY]
     plan = saved[budget.PLAN_KEY]
@@ -134,11 +130,8 @@ def test_a_plan_that_underestimated_the_machine_is_corrected_after_epoch_1(tmp_p
     monkeypatch.setattr(budget, "FINAL_OVERHEAD_S", 0.0)
     monkeypatch.setattr(budget, "BACKSTOP", 1000.0)  # the corrected plan alone ends the run
     extra = ["trainer.budget_minutes=0.2", "model/scheduler=cosine"]
-    cfg = tiny_train_cfg(data, tmp_path / "run", *extra)
-    with open_dict(cfg):
-        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": 2}
-    with caplog.at_level(logging.INFO), pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(cfg)
+    with caplog.at_level(logging.INFO):
+        train_until_interrupted(tiny_train_cfg(data, tmp_path / "run", *extra), 2, (KeyboardInterrupt, SystemExit))
     plan = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")[RUN_SETTINGS_KEY][budget.PLAN_KEY]
     planned = plan["corrected"]["planned_epochs"]
     (check,) = plan["corrected"]["checks"]

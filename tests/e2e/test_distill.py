@@ -8,14 +8,13 @@ import json
 import shutil
 
 import pytest
-from omegaconf import open_dict
 
 from catdog.checkpoints import read_checkpoint
 from catdog.errors import CheckpointError
 from catdog.runs.resume import DISTILL_KEY, RUN_SETTINGS_KEY
 from catdog.training import train
 from tests.conftest import tiny_train_cfg
-from tests.e2e.conftest import LEARNS
+from tests.e2e.conftest import LEARNS, train_until_interrupted
 
 
 def _rows(path):
@@ -81,11 +80,7 @@ def test_a_student_with_teacher_views_mixing_and_the_device_pipeline_resumes_onl
         f"data.cache_dir={tmp_path / 'cache'}", "model.mixing={mixup_alpha: 0.4, cutmix_alpha: 0.4, prob: 1.0}",
         f"distill.teacher={teacher}", "distill.tta=1",
     ]  # fmt: skip
-    cfg = tiny_train_cfg(data, tmp_path / "student", *extra)
-    with open_dict(cfg):
-        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": 1}
-    with pytest.raises((KeyboardInterrupt, SystemExit)):
-        train(cfg)
+    train_until_interrupted(tiny_train_cfg(data, tmp_path / "student", *extra), 1, (KeyboardInterrupt, SystemExit))
     assert (teacher / "oof_tta1_zoom.csv").is_file()  # the teacher's views, kept in its folder
     last = tmp_path / "student" / "checkpoints" / "last.ckpt"
     digest = read_checkpoint(last)[RUN_SETTINGS_KEY][DISTILL_KEY]

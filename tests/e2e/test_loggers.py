@@ -3,15 +3,14 @@ keep the CSV history of a resumed run; a missing package is named before any dat
 
 import csv
 import json
-import signal
 
 import pytest
-from omegaconf import open_dict
 
 from catdog import loggers
 from catdog.errors import ConfigError
 from catdog.training import train
 from tests.conftest import make_flat, needs_extra, tiny_train_cfg
+from tests.e2e.conftest import train_until_interrupted
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +50,6 @@ def _mlflow_runs(log_dir, run_dir):
     experiment = client.get_experiment_by_name("train")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == str(run_dir)]
     return client, sorted(runs, key=lambda r: r.info.start_time)
-
-
-def _interrupted(cfg):
-    """Train ``cfg`` until Ctrl-C at the start of its last epoch (Lightning then calls sys.exit(1))."""
-    with open_dict(cfg):
-        cfg.callbacks["stop"] = {"_target_": "tests.helpers.InterruptAt", "epoch": cfg.trainer.max_epochs - 1}
-    try:
-        with pytest.raises(SystemExit):
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from then on
 
 
 @needs_extra("loggers", "tensorboard")
@@ -108,7 +96,8 @@ def test_wandb_logger_writes_one_offline_run_per_fold(data, tmp_path, monkeypatc
 def test_many_loggers_resumed_run_keeps_the_csv_history(data, tmp_path, log_dir):
     run = tmp_path / "run"
     args = ("logger=many_loggers", "trainer.max_epochs=2", f"paths.log_dir={log_dir}")
-    _interrupted(tiny_train_cfg(data, run, *args))
+    cfg = tiny_train_cfg(data, run, *args)
+    train_until_interrupted(cfg, cfg.trainer.max_epochs - 1)  # Ctrl-C at the start of its last epoch
     assert _csv_val_epochs(run) == [0]
     train(tiny_train_cfg(data, run, *args))  # resumed in its folder
     assert _csv_val_epochs(run) == [0, 1]  # earlier rows kept, none twice

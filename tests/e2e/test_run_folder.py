@@ -3,7 +3,6 @@ what it is, files get the umask's mode, and an interrupted run says how to resum
 
 import csv
 import logging
-import signal
 import stat
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from catdog.data.cache import open_cache
 from catdog.errors import CheckpointError, ConfigError
 from catdog.training import train
 from tests.conftest import TINY, make_flat, run_script, tiny_train_cfg
+from tests.e2e.conftest import train_until_interrupted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +35,6 @@ def _with_callback(cfg, name, target, **kwargs):
     return cfg
 
 
-def _interrupted(cfg):
-    """Train ``cfg`` until its InterruptAt callback fires: Lightning shuts down and calls sys.exit(1)."""
-    try:
-        with pytest.raises(SystemExit):
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C from then on
-
-
 def test_last_checkpoint_is_the_latest_epoch_not_the_best(tmp_path):
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     cfg = _with_callback(
@@ -59,9 +50,8 @@ def test_interrupted_run_says_how_to_resume_and_keeps_its_history(tmp_path, capl
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     run = tmp_path / "run"
     args = ("trainer.max_epochs=3",)
-    cfg = _with_callback(tiny_train_cfg(data, run, *args), "stop", "tests.helpers.InterruptAt", epoch=2)
     with caplog.at_level(logging.WARNING, logger="catdog.fit"):
-        _interrupted(cfg)
+        train_until_interrupted(tiny_train_cfg(data, run, *args), 2)
     assert f"interrupted; to resume, run:\n  python train.py hydra.run.dir={run}" in caplog.text
     assert _val_epochs(run) == [0, 1]
     lr_steps = [r["step"] for r in _rows(run) if r.get("lr-SGD/head")]
@@ -93,11 +83,7 @@ def test_interrupted_run_says_how_to_resume_and_keeps_its_history(tmp_path, capl
 def test_resume_with_changed_optimizer_settings_is_refused_naming_the_key(override, message, tmp_path):
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     run = tmp_path / "run"
-    cfg = _with_callback(
-        tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.optimizer.lr=0.01"),
-        "stop", "tests.helpers.InterruptAt", epoch=1,
-    )  # fmt: skip
-    _interrupted(cfg)
+    train_until_interrupted(tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.optimizer.lr=0.01"), 1)
     last = (run / "checkpoints" / "last.ckpt").read_bytes()
     with pytest.raises(CheckpointError, match=message) as err:
         train(tiny_train_cfg(data, run, "trainer.max_epochs=2", "model.optimizer.lr=0.01", *override.split()))
@@ -136,11 +122,7 @@ def test_model_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
 def test_resume_from_another_runs_checkpoint_copies_its_history(tmp_path):
     data = make_flat(tmp_path / "data", per_class=4, test=0)
     first = tmp_path / "first"
-    _interrupted(
-        _with_callback(
-            tiny_train_cfg(data, first, "trainer.max_epochs=3"), "stop", "tests.helpers.InterruptAt", epoch=2
-        )
-    )
+    train_until_interrupted(tiny_train_cfg(data, first, "trainer.max_epochs=3"), 2)
     last = first / "checkpoints" / "last.ckpt"
     train(tiny_train_cfg(data, tmp_path / "more", "trainer.max_epochs=3", f"ckpt_path={last}"))
     assert _val_epochs(tmp_path / "more") == [0, 1, 2]

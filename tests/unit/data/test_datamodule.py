@@ -189,13 +189,19 @@ def test_pseudo_labels_join_training_only_and_leave_the_split_as_it_was(tmp_path
     assert ("test/1.jpg,dog,pseudo" in rows) == (folds is None) and ("test/1.jpg" in rows) == (folds is None)
 
 
-def test_soft_pseudo_targets_reach_the_batches(tmp_path):
+def _soft_pseudo_module(tmp_path):
+    """(root, set-up datamodule) of a small flat set whose test image 1 is pseudo-labelled dog, softly."""
     root = make_flat(tmp_path / "data", per_class=4, test=2)
     teacher = _pseudo_csv(root, tmp_path, [0.96, 0.02])
     dm = CatDogDataModule(
         dir=str(root), image_size=32, num_workers=0, pseudo={"labels": str(teacher), "threshold": 0.95, "soft": True}
     )
     dm.setup("fit")
+    return root, dm
+
+
+def test_soft_pseudo_targets_reach_the_batches(tmp_path):
+    root, dm = _soft_pseudo_module(tmp_path)
     assert dm.train_targets.shape == (len(dm.train_set), 2)
     targets = {p: t for p, t in zip(dm.train_set.paths, dm.train_targets.tolist())}
     assert targets[str(root / "test" / "1.jpg")] == pytest.approx([0.04, 0.96])
@@ -205,12 +211,7 @@ def test_soft_pseudo_targets_reach_the_batches(tmp_path):
 
 
 def test_a_teachers_targets_follow_each_label_and_pseudo_images_teach_themselves(tmp_path):
-    root = make_flat(tmp_path / "data", per_class=4, test=2)
-    teacher = _pseudo_csv(root, tmp_path, [0.96, 0.02])
-    dm = CatDogDataModule(
-        dir=str(root), image_size=32, num_workers=0, pseudo={"labels": str(teacher), "threshold": 0.95, "soft": True}
-    )
-    dm.setup("fit")
+    root, dm = _soft_pseudo_module(tmp_path)
     labelled = len(dm.train_set) - len(dm.pseudo.paths)  # the pseudo-labelled images come last
     with pytest.raises(ValueError, match="teacher targets"):
         dm.attach_teacher(torch.full((labelled + 1, 2), 0.5))
