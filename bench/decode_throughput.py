@@ -1,8 +1,9 @@
-"""Eval decoding throughput (images/s): files -> eval-ready uint8 crops, predict.py's decoder=pil against decoder=fast.
+"""Eval decoding throughput (images/s): files -> eval-ready uint8 crops, predict.py's decoder=pil against the fast path
+with each JPEG library (decoder=torchcodec, decoder=torchvision; decoder=fast is the best one here).
 
-pil:  load_image(path, draft_size) + eval_transform (PIL decode, PIL draft mode for large JPEGs, PIL resize)
-fast: catdog.data.decode: on the CPU decode_cpu (libjpeg-turbo through torchvision, PIL's draft mode for JPEGs at
-      least twice the resize size, tensor resize); on CUDA decode_batch (nvJPEG batches, resize on the GPU)
+pil:         load_image(path, draft_size) + eval_transform (PIL decode, PIL draft mode for large JPEGs, PIL resize)
+torchcodec,  catdog.data.decode: on the CPU decode_cpu (libjpeg-turbo through that library, PIL's draft mode for JPEGs
+torchvision: at least twice the resize size, tensor resize); on CUDA decode_batch (nvJPEG batches, resize on the GPU)
 
 Measured per image in one thread with one torch thread (CPU: images/s per core), then through the loader predict.py
 uses: pil = ImageDataset + make_loader with --workers processes, fast = fast_loader (CPU: DecodedImages + make_loader
@@ -35,7 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import image_list, machine_line, markdown_table, now, resolve_device  # noqa: E402
 
 from catdog.data.datamodule import ImageDataset, make_loader  # noqa: E402
-from catdog.data.decode import EvalGeometry, decode_batch, decode_cpu, fast_loader, read_file  # noqa: E402
+from catdog.data.decode import (  # noqa: E402
+    EvalGeometry,
+    decode_batch,
+    decode_cpu,
+    decoder_description,
+    fast_loader,
+    read_file,
+    resolve_decoder,
+)
 from catdog.data.images import load_image  # noqa: E402
 from catdog.data.transforms import eval_transform  # noqa: E402
 
@@ -58,19 +67,20 @@ def photos(width: int, height: int, count: int, seed: int):
 
 
 def per_image(decoder: str, geometry: EvalGeometry, device: torch.device):
+    """``decoder``: pil, or a JPEG library as resolve_decoder gives it."""
     if decoder == "pil":
         transform = eval_transform(geometry.image_size, geometry.crop_pct, geometry.square, geometry.interpolation)
         return lambda p: transform(load_image(p, draft_size=geometry.resize))
     if device.type == "cuda":
-        return lambda p: decode_batch([p], [read_file(p)], geometry, device)[0]
-    return lambda p: decode_cpu(p, geometry)
+        return lambda p: decode_batch([p], [read_file(p)], geometry, device, library=decoder)[0]
+    return lambda p: decode_cpu(p, geometry, decoder)
 
 
 def loader(decoder: str, paths, geometry: EvalGeometry, batch_size: int, workers: int, device: torch.device):
     if decoder == "pil":
         transform = eval_transform(geometry.image_size, geometry.crop_pct, geometry.square, geometry.interpolation)
         return make_loader(ImageDataset(paths, None, transform, "error", geometry.resize), batch_size, workers)
-    return fast_loader(paths, geometry, batch_size, device, workers)
+    return fast_loader(paths, geometry, batch_size, device, workers, library=decoder)
 
 
 def one_thread(one, paths, device: torch.device) -> tuple[int, float]:
@@ -106,7 +116,7 @@ def main(argv=None) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="loader workers: processes (CUDA fast: threads)")
-    p.add_argument("--decoders", default="pil,fast")
+    p.add_argument("--decoders", default="pil,torchvision,torchcodec", help="predict.py decoder= values")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -119,15 +129,17 @@ def main(argv=None) -> None:
     print(f"{machine_line(device)}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     with source or photos(width, height, args.images, args.seed) as listed:
         paths, description = (listed[0], listed[2]) if args.data else listed
-        for decoder in args.decoders.split(","):
+        for name in args.decoders.split(","):
+            decoder = resolve_decoder(name)
             one = per_image(decoder, geometry, device)
             for path in paths[:2]:  # warm-up: libraries, kernels
                 one(path)
             make = functools.partial(loader, decoder, paths, geometry, args.batch_size, args.workers, device)
             single = median_rate(functools.partial(one_thread, one, paths, device), args.repeats)
             rate = median_rate(functools.partial(through_loader, make, device), args.repeats)
-            print(f"{decoder}: {single:.1f} images/s one thread, {rate:.1f} loader", file=sys.stderr)
-            rows.append([decoder, single, rate])
+            label = decoder_description(decoder).split(" for ")[0]
+            print(f"{label}: {single:.1f} images/s one thread, {rate:.1f} loader", file=sys.stderr)
+            rows.append([label, single, rate])
 
     print(
         f"\n{machine_line(device)}; load average at the end {os.getloadavg()[0]:.2f}\n"

@@ -59,8 +59,9 @@ from common import (  # noqa: E402
 )
 
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader  # noqa: E402
-from catdog.data.decode import EvalGeometry, fast_loader  # noqa: E402
+from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder  # noqa: E402
 from catdog.data.transforms import eval_resize_size, eval_transform  # noqa: E402
+from catdog.errors import ConfigError  # noqa: E402
 from catdog.exported import load_exported  # noqa: E402
 from catdog.exporting import export_metadata, onnx_bytes  # noqa: E402
 from catdog.inference import load_classifier  # noqa: E402
@@ -107,9 +108,9 @@ def geometry_of(model) -> EvalGeometry:
 
 
 def make_images_loader(paths, geometry: EvalGeometry, batch_size: int, workers: int, device, decoder: str):
-    """The loader predict.py builds for ``decoder`` (pil | fast)."""
-    if decoder == "fast":
-        return fast_loader(paths, geometry, batch_size, device, workers)
+    """The loader predict.py builds for ``decoder`` (pil | a JPEG library, as resolve_decoder gives it)."""
+    if decoder != "pil":
+        return fast_loader(paths, geometry, batch_size, device, workers, library=decoder)
     transform = eval_transform(geometry.image_size, geometry.crop_pct, False, geometry.interpolation)
     dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(geometry.image_size, geometry.crop_pct))
     return make_loader(dataset, batch_size, workers)
@@ -254,9 +255,10 @@ def main(argv=None) -> None:
         raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {list(CONFIGS)}")
     if cuda and set(configs) & set(ONNX):
         raise SystemExit("the ONNX engines are timed on the CPU only here: --device cpu")
-    decoders = args.decoders.split(",")
-    if set(decoders) - {"pil", "fast"}:
-        raise SystemExit(f"unknown --decoders {sorted(set(decoders) - {'pil', 'fast'})}; choose from ['pil', 'fast']")
+    try:
+        decoders = [resolve_decoder(d) for d in args.decoders.split(",")]
+    except ConfigError as exc:
+        raise SystemExit(f"--decoders: {exc}") from None
 
     load_start = os.getloadavg()[0]
     print(f"{machine_line(device)}; {cpu_features()}; load average {load_start:.2f}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The README's picture of catdog-serve's page: a server with Grad-CAM on a checkpoint, the page in headless Chromium
-(selenium; Debian's chromium and chromium-driver), a few photos uploaded through the file input, one screenshot.
+"""The picture of catdog-serve's page in docs/serving.md: a server with Grad-CAM on a checkpoint, the page in
+headless Chromium (selenium; Debian's chromium and chromium-driver), a few photos uploaded through the file input,
+one screenshot.
 
     python bench/serve_screenshot.py --ckpt RUN --images ../shared/data/dogs-vs-cats/test/1.jpg ... --out docs/serve.png
 """

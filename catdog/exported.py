@@ -68,9 +68,17 @@ INSTALL_HINT = 'pip install -e ".[export]"'
 REQUIRED_KEYS = ("classes", "image_size", "crop_pct", "interpolation", "temperature")
 
 
+#: What catdog says, once per export or load, where TorchScript is used.
+TORCHSCRIPT_DEPRECATED = (
+    "TorchScript is deprecated by torch (torch.jit.* warn since torch 2.14 and may go in a future release): "
+    "format=onnx, the default, is the supported model file"
+)
+
+
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """torch's deprecation notices for ``torch.jit`` (recent torch versions print them) left out."""
+    """torch's per-call deprecation notices for ``torch.jit`` left out: catdog logs :data:`TORCHSCRIPT_DEPRECATED`
+    once instead, where TorchScript is written or read."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         yield
@@ -180,6 +188,7 @@ class _OnnxRunner:
 
 class _TorchScriptRunner:
     def __init__(self, path: Path):
+        log.warning("%s: %s", path, TORCHSCRIPT_DEPRECATED)
         extra = {TORCHSCRIPT_EXTRA: ""}
         try:
             with quiet_jit():

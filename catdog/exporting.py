@@ -8,8 +8,9 @@ raw ``logits``. Its metadata says how to resize and crop image files for it. The
 
 - ONNX: ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter, default since torch 2.9; it needs
   ``onnxscript``), the batch dimension dynamic unless ``batch=N``, the metadata in ``metadata_props``.
-- TorchScript: the network traced (``torch.jit.trace``) inside a scripted module (``torch.jit.script``) that keeps the
-  uint8 / float branch and has a ``logits`` method; the metadata in the extra file ``catdog.json``.
+- TorchScript (deprecated by torch: ``torch.jit`` warns since torch 2.14; kept for existing users, logged as such):
+  the network traced (``torch.jit.trace``) inside a scripted module (``torch.jit.script``) that keeps the uint8 / float
+  branch and has a ``logits`` method; the metadata in the extra file ``catdog.json``.
 
 ``format=hub`` writes a Hugging Face Hub model folder instead (:mod:`catdog.hub`).
 
@@ -40,6 +41,7 @@ from catdog.exported import (
     METADATA_KEY,
     OUTPUT_NAMES,
     SUFFIXES,
+    TORCHSCRIPT_DEPRECATED,
     TORCHSCRIPT_EXTRA,
     exported_format,
     onnx_session,
@@ -283,6 +285,7 @@ def export(cfg: DictConfig) -> Path:
         data = onnx_bytes(model, metadata, cfg.get("opset"), batch)
         diff = verify_onnx(model, data, batch) if verify else None
     else:
+        log.warning("format=torchscript: %s", TORCHSCRIPT_DEPRECATED)
         data = torchscript_bytes(model, metadata)
         diff = verify_torchscript(model, data) if verify else None
     if diff is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from catdog.data.hf_data import data_root
 from catdog.distributed import is_writer
 from catdog.ensemble import finalize_ensemble
 from catdog.fit import fit_one
@@ -50,7 +51,7 @@ def train_kfold(cfg: DictConfig) -> dict:
         return None
     summary = finalize_ensemble(run_dir, expected_folds=cfg.data.folds)
     if cfg.get("report", True):
-        safe_report("k-fold", write_kfold_report, run_dir, cfg.data.dir)
+        safe_report("k-fold", write_kfold_report, run_dir, data_root(cfg.data))
     return summary
 
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from catdog.blending import Blend, check_same_rows, fit_oof_blend, read_oof_run
 from catdog.data.csv_data import read_csv_dataset, read_csv_images
 from catdog.data.datamodule import ImageDataset, default_num_workers, make_loader
-from catdog.data.decode import EvalGeometry, fast_loader, resolve_decoder
+from catdog.data.decode import EvalGeometry, decoder_description, fast_loader, resolve_decoder
+from catdog.data.hf_data import INPUT_PREFIX, data_root, hf_input, is_hf_input
 from catdog.data.images import find_bad_images, format_bad_images
 from catdog.data.layouts import find_unlabelled, image_ids, read_labelled, row_ids
 from catdog.data.transforms import eval_resize_size, eval_transform
@@ -102,8 +103,31 @@ def _screen(paths: list, policy: str, workers: int) -> tuple[list, list[tuple[st
     return [p for p in paths if str(p) not in bad_set], bad
 
 
+def _hf_settings(cfg: DictConfig, model) -> tuple[dict, str | None]:
+    """(``data.hf_columns``, completed with the checkpoint's, and where the checkpoint's run kept its caches) for
+    ``input=hf:...``."""
+    trained = model.datamodule_hparams
+    given = plain(OmegaConf.select(cfg, "data.hf_columns")) or {}
+    columns = {**(trained.get("hf_columns") or {}), **{k: v for k, v in given.items() if v}}
+    return columns, trained.get("cache_dir")
+
+
+def _hf_source(cfg: DictConfig, model) -> str | None:
+    """``input=hf:...``; with no ``input`` nor ``data.dir``, the test split of the checkpoint's ``data.hf``."""
+    if is_hf_input(cfg.input):
+        return cfg.input
+    trained = model.datamodule_hparams.get("hf")
+    if not cfg.input and trained and not OmegaConf.select(cfg, "data.dir"):
+        return INPUT_PREFIX + trained
+    return None
+
+
 def _data_root(cfg: DictConfig, model, needed: str = "input= (or data.dir=) is required") -> Path:
-    """``data.dir``, by default the dataset the checkpoint was trained on; ``needed`` opens the error without one."""
+    """``data.dir``, by default the dataset the checkpoint was trained on (with ``data.hf``, the folder its images
+    were written to); ``needed`` opens the error without one."""
+    if model.datamodule_hparams.get("hf") and not OmegaConf.select(cfg, "data.dir"):
+        columns, cache_dir = _hf_settings(cfg, model)
+        return Path(data_root({"hf": model.datamodule_hparams["hf"], "hf_columns": columns, "cache_dir": cache_dir}))
     root = OmegaConf.select(cfg, "data.dir") or model.datamodule_hparams.get("dir")
     if not root:
         raise ConfigError(f"{needed}: {model.checkpoint_path} does not say which dataset it was trained on")
@@ -131,14 +155,15 @@ def predict_member(
 ) -> np.ndarray:
     """One model's probabilities for ``paths``, in that order, with its own preprocessing and temperature.
 
-    ``decoder``: ``pil`` decodes and resizes with PIL in DataLoader workers (as training's validation does); ``fast``
-    with :func:`catdog.data.decode.fast_loader` (nvJPEG on CUDA; libjpeg-turbo or PIL's draft mode and a tensor
-    resize in DataLoader workers on the CPU; the same pixels within :data:`catdog.data.decode.TOLERANCE`)."""
+    ``decoder``: ``pil`` decodes and resizes with PIL in DataLoader workers (as training's validation does); a JPEG
+    library (``torchcodec`` | ``torchvision``, :func:`catdog.data.decode.resolve_decoder`) with
+    :func:`catdog.data.decode.fast_loader` (nvJPEG on CUDA; libjpeg-turbo or PIL's draft mode and a tensor resize in
+    DataLoader workers on the CPU; the same pixels within :data:`catdog.data.decode.TOLERANCE`)."""
     hp = model.hparams
     square = tta > 0 and views == "crops"
-    if decoder == "fast":
+    if decoder != "pil":
         geometry = EvalGeometry(hp.image_size, hp.crop_pct, square, hp.interpolation)
-        loader = fast_loader(paths, geometry, batch_size, device, workers)
+        loader = fast_loader(paths, geometry, batch_size, device, workers, library=decoder)
     else:
         transform = eval_transform(hp.image_size, hp.crop_pct, square, hp.interpolation)
         dataset = ImageDataset(paths, None, transform, "error", eval_resize_size(hp.image_size, hp.crop_pct))
@@ -156,6 +181,7 @@ def predict(cfg: DictConfig):
     mode, precision = cfg.get("ensemble", "prob"), str(cfg.get("precision", "auto"))
     device = resolve_device(cfg.device)
     decoder = resolve_decoder(cfg.get("decoder", "auto"))
+    log.info("decoder=%s: %s", cfg.get("decoder", "auto"), decoder_description(decoder))
     if cfg.labelled:
         outputs = evaluation_outputs(Path(cfg.output))
         for path in outputs.values():
@@ -175,9 +201,12 @@ def predict(cfg: DictConfig):
     model = load_classifier(members[0])
     classes = model.classes
     log.info("%d member(s): %s; classes %s", len(members), ", ".join(str(m) for m in members), classes)
-    source = Path(cfg.input) if cfg.input else _default_input(cfg, model)
-
-    paths, labels, ids = _input_images(cfg, model, source, classes)
+    source = _hf_source(cfg, model)
+    if source is not None:  # a Hugging Face dataset's split, its images written out as files
+        paths, labels, ids = hf_input(source, *_hf_settings(cfg, model), classes, cfg.labelled)
+    else:
+        source = Path(cfg.input) if cfg.input else _default_input(cfg, model)
+        paths, labels, ids = _input_images(cfg, model, source, classes)
     kept, bad = _screen(paths, policy, workers)
     if not kept:
         raise DatasetError(f"no readable images in {source}")

@@ -36,6 +36,7 @@ import torch
 
 from catdog.data.datamodule import default_num_workers
 from catdog.data.decode import EvalGeometry, fast_loader
+from catdog.data.hf_data import data_root
 from catdog.data.layouts import LabelledImages
 from catdog.errors import CatdogError, ConfigError, check_known_keys
 from catdog.exported import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, onnx_session
@@ -325,7 +326,7 @@ def plan(model, ckpt: Path, settings: Mapping, batch: int | None = None) -> Plan
     ``quantize`` block, ``batch`` the file's fixed batch size (None: any). Raises a :class:`ConfigError` when the
     checkpoint is not in a run folder or its dataset is not here."""
     hp = model.hparams
-    data_dir = settings.get("data_dir") or (getattr(model, "datamodule_hparams", None) or {}).get("dir")
+    data_dir = settings.get("data_dir") or data_root(getattr(model, "datamodule_hparams", None) or {})
     train, val = run_images(ckpt, data_dir, model.classes)
     workers = settings.get("num_workers")
     return Plan(

@@ -21,6 +21,7 @@ from catdog.builders import resolve_preprocessing
 from catdog.data.csv_data import check_outside_dir
 from catdog.data.datamodule import check_data_config, check_policy
 from catdog.data.decode import check_decoder
+from catdog.data.hf_data import check_hf_input
 from catdog.data.transforms import complete_mixing
 from catdog.distributed import check_distributed, shared_seed
 from catdog.ensemble import check_ensemble_mode
@@ -67,7 +68,7 @@ def check_train_config(cfg: DictConfig) -> None:
         interpolation=d.get("interpolation", "bilinear"), pipeline=d.get("pipeline", "workers"),
         cache=d.get("cache", False), pseudo=plain(d.get("pseudo")), exclude=d.get("exclude"),
         csv=d.get("csv"), csv_columns=plain(d.get("csv_columns")), sampler=d.get("sampler"),
-        csv_outside_dir=d.get("csv_outside_dir", False),
+        csv_outside_dir=d.get("csv_outside_dir", False), hf=d.get("hf"), hf_columns=plain(d.get("hf_columns")),
     )  # fmt: skip
 
     check_network_args(m.arch, m.get("head", "small"), m.get("width", 1.0), m.get("weights"), m.get("dropout", 0.5))
@@ -118,6 +119,7 @@ def check_predict_config(cfg: DictConfig) -> None:
     autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
     check_decoder(cfg.get("decoder", "auto"))
     check_outside_dir(OmegaConf.select(cfg, "data.csv_outside_dir", default=False))
+    check_hf_input(cfg.get("input"), plain(OmegaConf.select(cfg, "data.hf_columns")))
 
 
 def check_serve_config(cfg: DictConfig) -> None:

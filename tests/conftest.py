@@ -118,9 +118,21 @@ def compose_predict(overrides=(), output_dir=None):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Runs ``<script> args...`` (sys.argv[1:]) as __main__ with a deprecation raised by catdog's code or the script's own
+# an error, as pyproject's filterwarnings makes it in the test process.
+STRICT_MAIN = """
+import runpy, sys, warnings
+for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+    warnings.filterwarnings("error", category=category, module=r"(catdog|__main__)(\\.|$)")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def _script(script: str, args) -> tuple[list[str], dict[str, str]]:
-    """The command line of ``python <repo>/<script> args...`` and its environment (the project importable)."""
-    return [sys.executable, str(ROOT / script), *args], {**os.environ, "PYTHONPATH": str(ROOT)}
+    """The command line of ``python <repo>/<script> args...`` (catdog's deprecations errors: :data:`STRICT_MAIN`) and
+    its environment (the project importable)."""
+    return [sys.executable, "-c", STRICT_MAIN, str(ROOT / script), *args], {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run_script(script: str, args, cwd, timeout: int = 600):

@@ -1,5 +1,5 @@
-"""``catdog-export`` / ``python export.py ckpt=PATH format=onnx|torchscript``: a self-contained model file (see
-conf/export.yaml and :mod:`catdog.exporting`)."""
+"""``catdog-export`` / ``python export.py ckpt=PATH format=onnx|torchscript|hub``: a self-contained model file (ONNX,
+the default; TorchScript, deprecated by torch) or a Hub folder (see conf/export.yaml and :mod:`catdog.exporting`)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -26,6 +26,7 @@ from catdog.data.device_store import (
     train_store,
 )
 from catdog.data.exclude import check_exclude, excluded_paths, read_exclude
+from catdog.data.hf_data import DEFAULT_CACHE_DIR, HfDataset, check_hf_config, training_table
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
 from catdog.data.pseudo import PseudoLabels, check_pseudo, check_teacher, load_pseudo
@@ -208,6 +209,8 @@ class CatDogDataModule(pl.LightningDataModule):
         csv_columns: dict | None = None,
         sampler: str | None = None,
         csv_outside_dir: bool = False,
+        hf: str | None = None,
+        hf_columns: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -242,8 +245,13 @@ class CatDogDataModule(pl.LightningDataModule):
         if hp.demo:
             make_demo_dataset(self.root)
         table = read_csv_dataset(hp.csv, self.root, hp.csv_columns, outside_dir=hp.csv_outside_dir) if hp.csv else None
+        if hp.hf:  # written out once as image files under cache_dir/hf/, which are then the dataset root
+            hf = HfDataset(hp.hf, hp.hf_columns, self._cache_dir())
+            table, self.root = training_table(hf), hf.root
+            if hp.folds and hf.roles.validation:
+                log.info("data.hf: k-fold over the %r and %r splits together", hf.roles.train, hf.roles.validation)
         if table is not None:
-            layout_name, train, val = f"csv ({hp.csv})", table.images, None
+            layout_name, train, val = f"hf ({hp.hf})" if hp.hf else f"csv ({hp.csv})", table.images, None
         else:
             layout = detect_layout(self.root)
             layout_name, train, val = layout.layout, layout.train, layout.validation
@@ -267,7 +275,7 @@ class CatDogDataModule(pl.LightningDataModule):
             train, val = train.subset(tr_idx), train.subset(val_idx)
         elif val is None:
             if table is not None and table.splits is not None:  # the user's validation rows
-                tr_idx, val_idx = check_user_split(table.splits, hp.csv)
+                tr_idx, val_idx = check_user_split(table.splits, hp.csv or hp.hf)
             else:
                 tr_idx, val_idx = stratified_split(train.labels, hp.val_fraction, hp.seed, content_groups(train.paths))
             train, val = train.subset(tr_idx), train.subset(val_idx)
@@ -332,8 +340,8 @@ class CatDogDataModule(pl.LightningDataModule):
         paths = train.paths + (val.paths if val is not None else []) + list(extra)
         workers = max(2, self.num_workers)
         if self.hparams.cache or self.hparams.pipeline != "workers":
-            cache_dir = self.hparams.cache_dir or os.path.join("outputs", ".cache")
-            self.cache = open_cache(paths, self._draft(), cache_dir, workers, interpolation=self.hparams.interpolation)
+            interpolation = self.hparams.interpolation
+            self.cache = open_cache(paths, self._draft(), self._cache_dir(), workers, interpolation=interpolation)
             found = list(self.cache.bad)
         elif self.hparams.verify == "none":
             found = []
@@ -347,6 +355,10 @@ class CatDogDataModule(pl.LightningDataModule):
             log.warning("skipping %d unreadable image(s):\n%s", len(found), format_bad_images(found))
         self.bad_images = list(found)
         return dict(found)
+
+    def _cache_dir(self) -> str:
+        """Where the decoded-image caches (and data.hf's written-out datasets) are kept."""
+        return self.hparams.cache_dir or DEFAULT_CACHE_DIR
 
     def _without(self, images: LabelledImages, drop: dict) -> LabelledImages:
         """``images`` without the unreadable or excluded ones (``drop``)."""
@@ -508,11 +520,14 @@ def check_data_config(
     csv_columns=None,
     sampler=None,
     csv_outside_dir=False,
+    hf=None,
+    hf_columns=None,
 ) -> None:
     """Validate data settings before anything is read; each error names its key and the allowed values."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"data.sampler must be null (shuffle) or 'balanced' (class-balanced), got {sampler!r}")
     check_csv_config(csv, csv_columns, csv_outside_dir)
+    check_hf_config(hf, hf_columns, csv)
     check_pseudo(pseudo)
     check_exclude(exclude)
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32:

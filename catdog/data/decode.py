@@ -1,12 +1,14 @@
-"""Image files -> eval-ready uint8 batches, fast: JPEGs decoded by libjpeg-turbo (CPU) or nvJPEG (CUDA), the resize
-and crop done on tensors, PIL only for what these decoders do not take.
+"""Image files -> eval-ready uint8 batches, fast: JPEGs decoded by libjpeg-turbo (CPU) or nvJPEG (CUDA) through
+TorchCodec (or torchvision where TorchCodec is absent: :mod:`catdog.data.jpeg_libraries`), the resize and crop done on
+tensors, PIL only for what these decoders do not take.
 
 Invariants:
 
 - Same pixels as the PIL path (:func:`catdog.data.images.load_image` + :func:`catdog.data.transforms.eval_transform`)
   to within :data:`TOLERANCE` on the CPU: the JPEG decoders give the same RGB pixels as PIL (same libjpeg-turbo, EXIF
-  orientation applied the same way), and the antialiased bilinear / bicubic resize of uint8 tensors differs from
-  PIL's by rounding only; ``nearest`` picks the source pixels PIL picks (:func:`nearest_indices`), so it is exact.
+  orientation applied exactly once, the same way), and the antialiased bilinear / bicubic resize of uint8 tensors
+  differs from PIL's by rounding only; ``nearest`` picks the source pixels PIL picks (:func:`nearest_indices`), so it
+  is exact.
   nvJPEG on a GPU decodes with its own IDCT and chroma upsampling, so GPU pixels can differ by a few more units.
 - Every file yields an image or a :class:`catdog.errors.BadImageError` naming it, never another exception: a file
   the fast decoders do not take (anything but an 8-bit baseline or progressive Huffman JPEG in greyscale or YCbCr
@@ -16,8 +18,8 @@ Invariants:
   positions (an image skipped under ``on_bad_image=skip`` leaves its position out).
 
 Which decoder, measured on a 2-core AMD EPYC (docs/benchmarks.md, "Decoders"): for the 200x200 Kaggle JPEGs
-torchvision's ``decode_jpeg`` (libjpeg-turbo, bundled with torchvision) + the tensor resize decodes 1.6-1.7x as many
-images per core as ``load_image`` + ``eval_transform`` (less Python per image, and torch's uint8 resize is several
+libjpeg-turbo (through TorchCodec or torchvision: the same pixels) + the tensor resize decodes 1.6-2.3x as many images
+per core as ``load_image`` + ``eval_transform`` (less Python per image, and torch's uint8 resize is several
 times faster than PIL's). For a JPEG at least twice the resize size on its shorter side, PIL's draft mode
 (libjpeg-turbo's DCT scaling by 1/2, 1/4 or 1/8 while decoding) beats decoding every pixel, so such files go through
 ``load_image(draft_size=...)``, then the same tensor resize. On the CPU the images are decoded in DataLoader worker
@@ -28,8 +30,6 @@ work with the model's. On CUDA the files are read in threads and decoded by nvJP
 
 from __future__ import annotations
 
-import functools
-import io
 import os
 import struct
 import warnings
@@ -42,15 +42,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, v2
 
 from catdog.data.datamodule import make_loader
 from catdog.data.images import MAX_ASPECT_RATIO, MAX_PIXELS, load_image, load_image_bytes, open_regular_file
+from catdog.data.jpeg_libraries import LIBRARIES, best_library, decode_upright, describe, unavailable
 from catdog.data.transforms import TTASquare, eval_resize_size, interpolation_mode
 from catdog.errors import BadImageError, ConfigError
 
-DECODERS = ("auto", "pil", "fast")
+#: predict.py's and catdog-serve's ``decoder=``: auto, PIL, the fast path with the best JPEG library, or one by name.
+DECODERS = ("auto", "pil", "fast", *LIBRARIES)
 # Largest difference from the PIL path on the CPU, in uint8 levels: (max over the pixels of an image, mean over them).
 # Rounding of the bilinear / bicubic resize only: on the 200x200 Kaggle JPEGs at most 1 level, 0.012 on average; a
 # 50x130 JPEG resized to 37 px differs by 1 level at 17 % of its pixels. tests/unit/data/test_decode.py holds the path
@@ -74,28 +75,36 @@ def check_decoder(value: str, key: str = "decoder") -> str:
     return value
 
 
-@functools.cache
-def fast_decoding_available() -> bool:
-    """Whether torchvision's JPEG decoder works here (a torchvision built without libjpeg has none)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format="JPEG")
-    try:
-        _decode_jpegs([buf.getvalue()], torch.device("cpu"))
-    except Exception:  # noqa: BLE001 - missing image extension, missing library: either way not available
-        return False
-    return True
-
-
 def resolve_decoder(decoder: str, key: str = "decoder") -> str:
-    """``pil`` or ``fast`` for ``decoder``: ``auto`` is ``fast`` where torchvision's JPEG decoder works, ``pil``
-    elsewhere; ``fast`` without it is a :class:`ConfigError`."""
+    """``pil`` or the JPEG library of the fast path (``torchcodec`` | ``torchvision``) for ``decoder``: ``auto`` is the
+    best library that works here (:func:`catdog.data.jpeg_libraries.best_library`), else ``pil``; ``fast`` and a
+    library named that cannot decode here are a :class:`ConfigError` saying why."""
+    check_decoder(decoder, key)
     if decoder == "pil":
         return "pil"
-    if fast_decoding_available():
-        return "fast"
+    if decoder in LIBRARIES:
+        problem = unavailable(decoder)
+        if problem is not None:
+            raise ConfigError(f"{key}={decoder}: {problem}; use {key}=auto (the best library here, else pil) or pil")
+        return decoder
+    library = best_library()
+    if library is not None:
+        return library
     if decoder == "fast":
-        raise ConfigError(f"{key}=fast, but torchvision's JPEG decoder is not available here; use {key}=pil or auto")
+        why = "; ".join(unavailable(lib) for lib in LIBRARIES)
+        raise ConfigError(f"{key}=fast, but no JPEG library decodes here ({why}); use {key}=pil or auto")
     return "pil"
+
+
+def decoder_description(decoder: str) -> str:
+    """What ``decoder`` (as :func:`resolve_decoder` gives it) decodes with, for the log: the JPEG library and its
+    version, and why any library preferred to it is not used."""
+    if decoder == "pil":
+        text, passed = "PIL for every image", LIBRARIES
+    else:
+        text, passed = f"{describe(decoder)} for JPEGs, PIL for other images", LIBRARIES[: LIBRARIES.index(decoder)]
+    why = [unavailable(lib) for lib in passed if unavailable(lib) is not None]
+    return text + (f" ({'; '.join(why)})" if why else "")
 
 
 # ----- headers -----------------------------------------------------------------------------------------------------
@@ -194,32 +203,6 @@ def read_file(path: str) -> bytes | None:
 
 
 # ----- pixels ------------------------------------------------------------------------------------------------------
-def _decode_jpegs(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
-    """torchvision's ``decode_jpeg`` of a list (one batched nvJPEG call on CUDA), RGB CHW uint8 on ``device``."""
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-
-
-def orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
-    """``x`` (..., H, W) turned upright as ``PIL.ImageOps.exif_transpose`` turns an image with that EXIF orientation
-    (values outside 2-8 leave it as stored)."""
-    if orientation == 2:
-        return x.flip(-1)
-    if orientation == 3:
-        return x.flip(-1, -2)
-    if orientation == 4:
-        return x.flip(-2)
-    if orientation == 5:
-        return x.transpose(-1, -2)
-    if orientation == 6:
-        return x.rot90(-1, (-2, -1))
-    if orientation == 7:
-        return x.transpose(-1, -2).flip(-1, -2)
-    if orientation == 8:
-        return x.rot90(1, (-2, -1))
-    return x
-
-
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image -> uint8 CHW tensor (a view of an HWC copy: channels-last memory, as the resize prefers)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
@@ -280,24 +263,32 @@ def resize_crop(x: torch.Tensor, geometry: EvalGeometry) -> torch.Tensor:
 
 
 # ----- one image on the CPU, a batch on the device -----------------------------------------------------------------
-def decode_cpu(path: str, geometry: EvalGeometry) -> torch.Tensor:
+def _library(library: str | None) -> str | None:
+    """``library``, or where None the best JPEG library here (None again where there is none: PIL decodes)."""
+    return best_library() if library is None else library
+
+
+def decode_cpu(path: str, geometry: EvalGeometry, library: str | None = None) -> torch.Tensor:
     """One image, eval-ready, on the CPU: PIL draft mode for a JPEG at least twice the resize size on its shorter side,
-    libjpeg-turbo for other JPEGs the fast path takes, ``load_image`` for the rest; raises only ``BadImageError``."""
+    libjpeg-turbo (through ``library``, default the best here) for other JPEGs the fast path takes, ``load_image`` for
+    the rest; raises only ``BadImageError``."""
     path = os.fsdecode(path)
     data = read_file(path)
     if data is None:  # load_image says why
         return resize_crop(pil_to_tensor(load_image(path, draft_size=geometry.resize)), geometry)
-    return decode_bytes(data, path, geometry)
+    return decode_bytes(data, path, geometry, library=library)
 
 
-def decode_bytes(data: bytes, name: str, geometry: EvalGeometry, max_pixels: int | None = None) -> torch.Tensor:
+def decode_bytes(
+    data: bytes, name: str, geometry: EvalGeometry, max_pixels: int | None = None, library: str | None = None
+) -> torch.Tensor:
     """:func:`decode_cpu` for an image held in memory (errors name ``name``); ``max_pixels`` as in ``load_image``."""
-    info = jpeg_info(data)
+    info, library = jpeg_info(data), _library(library)
     x = None
     small = info is not None and min(info.width, info.height) < 2 * geometry.resize
-    if small and (max_pixels is None or info.width * info.height <= max_pixels):
+    if library is not None and small and (max_pixels is None or info.width * info.height <= max_pixels):
         try:
-            x = orient(_decode_jpegs([data], torch.device("cpu"))[0], info.orientation)
+            x = decode_upright([data], [info.orientation], torch.device("cpu"), library)[0]
         except Exception:  # noqa: BLE001 - libjpeg refused it: load_image_bytes decides
             x = None
     if x is None:
@@ -318,26 +309,30 @@ def decode_batch(
     geometry: EvalGeometry,
     device: torch.device,
     pool: ThreadPoolExecutor | None = None,
+    library: str | None = None,
 ) -> list[torch.Tensor | BadImageError]:
     """Eval-ready images of ``paths`` (whose bytes are ``datas``, None where unreadable) on ``device``, in order.
 
-    The JPEGs the fast path takes are decoded in one ``decode_jpeg`` call on ``device`` (nvJPEG on CUDA); if that
+    The JPEGs the fast path takes are decoded in one call of ``library`` (default: the best here) on ``device``
+    (nvJPEG on CUDA); if that
     call fails they are retried one by one, and those that still fail, like every other file, go to ``load_image``
     (in ``pool`` when given). Images of one size are resized and cropped as one batch. An unreadable file's entry is
     its :class:`BadImageError`.
     """
     paths = [os.fsdecode(p) for p in paths]
-    infos = [jpeg_info(d) if d is not None else None for d in datas]
+    library = _library(library)
+    infos = [jpeg_info(d) if d is not None and library is not None else None for d in datas]
     fast = [i for i, info in enumerate(infos) if info is not None]
     images: list[torch.Tensor | BadImageError | None] = [None] * len(paths)
     if fast:
+        orientations = [infos[i].orientation for i in fast]
         try:
-            decoded = _decode_jpegs([datas[i] for i in fast], device)
+            decoded = decode_upright([datas[i] for i in fast], orientations, device, library)
         except Exception:  # noqa: BLE001 - one bad file fails the whole call: retry one by one
-            decoded = [_decode_one(datas[i], device) for i in fast]
+            decoded = [_decode_one(datas[i], o, device, library) for i, o in zip(fast, orientations)]
         for i, x in zip(fast, decoded):
             if x is not None and x.ndim == 3 and x.shape[0] == 3:
-                images[i] = orient(x, infos[i].orientation)
+                images[i] = x
     rest = [i for i, x in enumerate(images) if x is None]
 
     def pil(i: int) -> torch.Tensor | BadImageError:
@@ -358,9 +353,9 @@ def decode_batch(
     return images
 
 
-def _decode_one(data: bytes, device: torch.device) -> torch.Tensor | None:
+def _decode_one(data: bytes, orientation: int, device: torch.device, library: str) -> torch.Tensor | None:
     try:
-        return _decode_jpegs([data], device)[0]
+        return decode_upright([data], [orientation], device, library)[0]
     except Exception:  # noqa: BLE001 - nvJPEG / libjpeg refused it: load_image decides
         return None
 
@@ -386,9 +381,10 @@ class DecodedBatches:
         on_bad_image: str = "error",
         labels: Sequence[int] | None = None,
         prefetch: int = 2,
+        library: str | None = None,
     ):
         self.dataset = [os.fsdecode(os.fspath(p)) for p in paths]
-        self.labels = list(labels) if labels is not None else None
+        self.labels, self.library = (list(labels) if labels is not None else None), library
         self.geometry, self.batch_size, self.device = geometry, int(batch_size), torch.device(device)
         self.workers, self.on_bad_image, self.prefetch = max(1, int(workers)), on_bad_image, max(1, int(prefetch))
 
@@ -401,7 +397,7 @@ class DecodedBatches:
 
     def _batch(self, pool: ThreadPoolExecutor, span: range, futures: list[Future]):
         datas = [f.result() for f in futures]
-        results = decode_batch([self.dataset[i] for i in span], datas, self.geometry, self.device, pool)
+        results = decode_batch([self.dataset[i] for i in span], datas, self.geometry, self.device, pool, self.library)
         kept = []
         for i, x in zip(span, results):
             if isinstance(x, BadImageError):
@@ -435,18 +431,25 @@ class DecodedBatches:
 class DecodedImages(Dataset):
     """:func:`decode_cpu` of each path -> ``(uint8 CHW, -1, index)``, for DataLoader worker processes on the CPU
     (the per-image Python work then runs in parallel, which threads in one process would serialize); with
-    ``on_bad_image="skip"`` an unreadable image yields None and a warning, as in ``ImageDataset``."""
+    ``on_bad_image="skip"`` an unreadable image yields None and a warning, as in ``ImageDataset``. ``library``: the
+    JPEG library (None: the best here)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], geometry: EvalGeometry, on_bad_image: str = "error"):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        geometry: EvalGeometry,
+        on_bad_image: str = "error",
+        library: str | None = None,
+    ):
         self.paths = [os.fsdecode(os.fspath(p)) for p in paths]
-        self.geometry, self.on_bad_image = geometry, on_bad_image
+        self.geometry, self.on_bad_image, self.library = geometry, on_bad_image, library
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return decode_cpu(self.paths[index], self.geometry), -1, index
+            return decode_cpu(self.paths[index], self.geometry, self.library), -1, index
         except BadImageError as exc:
             if self.on_bad_image == "error":
                 raise
@@ -461,9 +464,11 @@ def fast_loader(
     device: torch.device | str,
     workers: int,
     on_bad_image: str = "error",
+    library: str | None = None,
 ):
     """The fast path's loader for :func:`catdog.prediction.predict_loader`: on CUDA :class:`DecodedBatches` (nvJPEG,
-    ``workers`` threads reading files), on the CPU :class:`DecodedImages` in ``workers`` DataLoader processes."""
+    ``workers`` threads reading files), on the CPU :class:`DecodedImages` in ``workers`` DataLoader processes;
+    ``library`` decodes the JPEGs (None: the best here)."""
     if torch.device(device).type == "cuda":
-        return DecodedBatches(paths, geometry, batch_size, device, max(1, workers), on_bad_image)
-    return make_loader(DecodedImages(paths, geometry, on_bad_image), batch_size, workers)
+        return DecodedBatches(paths, geometry, batch_size, device, max(1, workers), on_bad_image, library=library)
+    return make_loader(DecodedImages(paths, geometry, on_bad_image, library), batch_size, workers)

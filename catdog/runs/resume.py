@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from catdog.checkpoints import read_checkpoint, upgrade_state_dict
 from catdog.data.csv_data import CSV_COLUMNS
+from catdog.data.hf_data import HF_COLUMNS
 from catdog.data.pseudo import PSEUDO_DEFAULTS
 from catdog.errors import CheckpointError, ConfigError
 from catdog.models.optim import plain
@@ -241,6 +242,8 @@ _ADDED_LATER = {
     "model.class_weights": None,
     "data.csv_columns": CSV_COLUMNS,
     "data.csv_outside_dir": False,
+    "data.hf": None,
+    "data.hf_columns": HF_COLUMNS,
     "data.interpolation": "bilinear",
     "data.pipeline": "workers",
     "trainer.num_nodes": 1,

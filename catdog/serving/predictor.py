@@ -1,7 +1,7 @@
 """The models of a ``ckpt=`` in memory, predicting uploaded images as ``predict.py`` predicts files.
 
 :class:`Predictor` loads every member once (:func:`catdog.inference.load_classifier`: checkpoints, exported files,
-Hub folders), decodes an upload with the same code as ``predict.py`` (``decoder=fast``:
+Hub folders), decodes an upload with the same code as ``predict.py`` (a JPEG library, ``decoder=fast``:
 :func:`catdog.data.decode.decode_bytes`, as :func:`catdog.data.decode.decode_cpu` decodes a file; ``decoder=pil``:
 :func:`catdog.data.images.load_image_bytes` and the checkpoint's eval transform, as ``ImageDataset`` does) and runs
 each member's ``predict_proba`` with the same TTA views, temperature, autocast dtype and ensembling
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from catdog.data.decode import EvalGeometry, decode_bytes
+from catdog.data.decode import EvalGeometry, decode_bytes, resolve_decoder
 from catdog.data.images import load_image_bytes
 from catdog.data.splits import file_digest
 from catdog.data.transforms import eval_resize_size, eval_transform
@@ -83,13 +83,14 @@ class Predictor:
         calibrate: bool = True,
         device: str | torch.device = "cpu",
         precision: str = "auto",
-        decoder: str = "fast",
+        decoder: str = "auto",
         max_pixels: int | None = None,
         gradcam: bool = False,
         identity: list[dict] | None = None,
     ):
         self.device = torch.device(device)
-        self.tta, self.views, self.mode, self.decoder = int(tta), views, ensemble, decoder
+        self.tta, self.views, self.mode = int(tta), views, ensemble
+        self.decoder = resolve_decoder(decoder)
         self.max_pixels = max_pixels
         self.dtype = autocast_dtype(precision, self.device)
         self.members = [Path(m) for m in members]
@@ -126,8 +127,8 @@ class Predictor:
     # ----- decoding --------------------------------------------------------------------------------------------
     def _crop(self, data: bytes, geometry: Geometry, decoded: dict) -> torch.Tensor:
         size, crop_pct, square, interpolation = geometry
-        if self.decoder == "fast":
-            return decode_bytes(data, UPLOAD_NAME, EvalGeometry(*geometry), self.max_pixels)
+        if self.decoder != "pil":
+            return decode_bytes(data, UPLOAD_NAME, EvalGeometry(*geometry), self.max_pixels, library=self.decoder)
         draft = eval_resize_size(size, crop_pct)
         if draft not in decoded:
             decoded[draft] = load_image_bytes(data, UPLOAD_NAME, draft_size=draft, max_pixels=self.max_pixels)

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from catdog.data.decode import resolve_decoder
+from catdog.data.decode import decoder_description, resolve_decoder
 from catdog.models.optim import plain
 from catdog.models.precision import resolve_device
 from catdog.runs.selection import resolve_members
@@ -213,5 +213,6 @@ def serve(cfg: DictConfig) -> None:
         "serving %d member(s) (%s, classes %s, tta=%d) at http://%s:%d/ : POST %s, GET /info, GET /health",
         len(members), ", ".join(info["arch"]), info["classes"], info["tta"], host, port, API_PATH,
     )  # fmt: skip
+    log.info("decoder=%s: %s", cfg.decoder, decoder_description(info["decoder"]))
     print(f"catdog-serve: http://{host}:{port}/ (Ctrl+C stops it)", flush=True)
     server.run(host=host, port=port, generate_client_file=False, log_level=cfg.serve.log_level)

@@ -5,6 +5,7 @@ the order of the paths kept, and predict.py giving the same probabilities with d
 from __future__ import annotations
 
 import csv
+import logging
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import catdog.data.decode as decode
 from catdog import prediction
 from catdog.data.decode import fast_loader, resolve_decoder
+from catdog.data.jpeg_libraries import LIBRARIES, best_library, describe, unavailable
 from catdog.errors import BadImageError, ConfigError
 from catdog.prediction import predict
 from tests.conftest import compose_predict, make_image
@@ -19,12 +21,13 @@ from tests.unit.data.test_decode import _exif, _photo, _save
 
 
 def test_decoder_setting_is_checked_and_resolved(monkeypatch, tmp_path):
-    with pytest.raises(ConfigError, match=r"decoder must be one of \['auto', 'pil', 'fast'\], got 'turbo'"):
+    with pytest.raises(ConfigError, match=r"decoder must be one of \['auto', 'pil', 'fast', 'torchcodec', 'torchvisi"):
         predict(compose_predict(["ckpt=none.ckpt", "decoder=turbo", "device=cpu"], output_dir=tmp_path))
-    assert resolve_decoder("auto") == "fast" and resolve_decoder("pil") == "pil"
-    monkeypatch.setattr(decode, "fast_decoding_available", lambda: False)
+    assert resolve_decoder("auto") == best_library() and resolve_decoder("pil") == "pil"
+    monkeypatch.setattr(decode, "best_library", lambda: None)
+    monkeypatch.setattr(decode, "unavailable", lambda lib: f"{lib} is not here")
     assert resolve_decoder("auto") == "pil"
-    with pytest.raises(ConfigError, match="decoder=fast, but torchvision's JPEG decoder is not available"):
+    with pytest.raises(ConfigError, match="decoder=fast, but no JPEG library decodes here"):
         resolve_decoder("fast")
 
 
@@ -43,9 +46,9 @@ def test_predict_with_the_fast_decoder_matches_pil(trained, tmp_path, tta, monke
     ckpt, data = trained
     made = []
 
-    def counted(paths, geometry, *args):
+    def counted(paths, geometry, *args, **kwargs):
         made.append(geometry)
-        return fast_loader(paths, geometry, *args)
+        return fast_loader(paths, geometry, *args, **kwargs)
 
     monkeypatch.setattr(prediction, "fast_loader", counted)
     folder = tmp_path / "in"
@@ -61,6 +64,20 @@ def test_predict_with_the_fast_decoder_matches_pil(trained, tmp_path, tta, monke
     assert len(made) == 1 and made[0].square == ("crops" in tta)  # pil made none, fast one
     assert list(fast) == list(pil) and len(pil) == 16
     np.testing.assert_allclose(list(fast.values()), list(pil.values()), atol=2e-3)
+
+
+def test_predict_logs_the_library_and_each_library_gives_the_same_predictions(trained, tmp_path, caplog):
+    ckpt, data = trained
+    libraries = [lib for lib in LIBRARIES if unavailable(lib) is None]
+    if len(libraries) < 2:
+        pytest.skip(f"needs both JPEG libraries: {'; '.join(unavailable(lib) or lib for lib in LIBRARIES)}")
+    with caplog.at_level(logging.INFO, logger="catdog.prediction"):
+        rows = [_probs(_predict(ckpt, tmp_path / lib, f"input={data / 'test'}", f"decoder={lib}")) for lib in libraries]
+    for lib in libraries:
+        assert f"decoder={lib}: {describe(lib)} for JPEGs, PIL for other images" in caplog.text
+    assert list(rows[0]) == list(rows[1]) and len(rows[0]) > 0
+    # the same libjpeg-turbo pixels, TOLERANCE at most after the resize: probabilities as close as pil's are to fast's
+    np.testing.assert_allclose(list(rows[0].values()), list(rows[1].values()), atol=2e-3)
 
 
 def test_predict_with_the_fast_decoder_keeps_the_bad_image_policy(trained, tmp_path, caplog):

@@ -15,7 +15,7 @@ from catdog.cli.export import main as export_main
 from catdog.data.images import load_image
 from catdog.data.transforms import eval_transform
 from catdog.errors import CheckpointError, ConfigError
-from catdog.exported import ExportedClassifier, load_exported
+from catdog.exported import TORCHSCRIPT_DEPRECATED, ExportedClassifier, load_exported, quiet_jit
 from catdog.exporting import export
 from catdog.inference import load_classifier
 from catdog.prediction import predict
@@ -115,7 +115,8 @@ def test_torchscript_file_matches_the_checkpoint_for_uint8_and_float(trained):
     x = _images(data, model.hparams.image_size)
     probs, logits = _expected(model, x)
     extra = {"catdog.json": ""}
-    module = torch.jit.load(str(files["torchscript"]), _extra_files=extra)
+    with quiet_jit():  # torch's per-call notice; catdog labels TorchScript deprecated itself (test below)
+        module = torch.jit.load(str(files["torchscript"]), _extra_files=extra)
     with torch.no_grad():
         for inp in (x, x.float() / 255, x[:1]):
             assert (module(inp) - probs[: len(inp)]).abs().max() < TOLERANCE
@@ -173,6 +174,16 @@ def test_exported_classifier_has_the_checkpoints_interface(trained):
                 exported.to("cpu").eval().predict_proba(x, tta, 1.3), model.predict_proba(x, tta, 1.3), atol=1e-5,
                 rtol=0,
             )  # fmt: skip
+
+
+def test_torchscript_is_labelled_deprecated_where_written_and_read(trained, tmp_path, caplog):
+    ckpt, _, _ = trained
+    with caplog.at_level(logging.WARNING, logger="catdog"):
+        path = _export(ckpt, tmp_path / "m.pt", "format=torchscript", "verify=false")
+        assert f"format=torchscript: {TORCHSCRIPT_DEPRECATED}" in caplog.text
+        load_classifier(path)
+    assert f"{path}: {TORCHSCRIPT_DEPRECATED}" in caplog.text
+    assert "format=onnx, the default" in TORCHSCRIPT_DEPRECATED and "deprecated by torch" in TORCHSCRIPT_DEPRECATED
 
 
 def test_predict_with_an_exported_file_needs_input(trained, tmp_path):

@@ -1,9 +1,6 @@
 import csv
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +11,7 @@ from catdog.errors import ConfigError
 from catdog.inference import load_classifier
 from catdog.models.module import ClassifierModule
 from catdog.training import train
-from tests.conftest import tiny_train_cfg
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_script, tiny_train_cfg
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
@@ -113,10 +108,7 @@ def test_cli_demo_then_predict_latest(tmp_path):
     pipe gets progress as plain log lines (no carriage returns), and the run folder its report."""
     args = ["data.dir=" + str(tmp_path / "demo"), "trainer.max_epochs=1"]
     args.append("paths.log_dir=" + str(tmp_path / "out"))
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "experiment=demo", *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    run = run_script("train.py", ["experiment=demo", *args], cwd=tmp_path)  # catdog's deprecations are errors
     assert run.returncode == 0, run.stderr[-3000:]
     run_dirs = list((tmp_path / "out" / "demo").iterdir())
     assert len(run_dirs) == 1
@@ -125,10 +117,7 @@ def test_cli_demo_then_predict_latest(tmp_path):
     assert "\r" not in run.stdout + run.stderr
     assert re.search(r"epoch 0/0: train/loss [\d.]+, val/logloss [\d.]+, val/acc [\d.]+", run.stdout + run.stderr)
     assert (run_dirs[0] / "report.html").is_file()
-    pred = subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), "ckpt=latest", "tta=2", "paths.log_dir=" + str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    pred = run_script("predict.py", ["ckpt=latest", "tta=2", "paths.log_dir=" + str(tmp_path / "out")], cwd=tmp_path)
     assert pred.returncode == 0, pred.stderr[-3000:]
     sub = next((tmp_path / "out" / "predict").glob("*/submission.csv"))
     lines = sub.read_text().splitlines()

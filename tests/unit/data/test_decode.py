@@ -24,15 +24,20 @@ from catdog.data.decode import (
     fast_loader,
     jpeg_info,
     nearest_indices,
-    orient,
     read_file,
 )
 from catdog.data.images import load_image
+from catdog.data.jpeg_libraries import LIBRARIES, decode_upright, orient, unavailable
 from catdog.data.transforms import eval_transform
 from catdog.errors import BadImageError
 from tests.unit.data.test_images_fuzz import BASES, FUZZ, MUTATION, mutate
 
 CPU = torch.device("cpu")
+# The JPEG libraries of the fast path, each test skipped where one cannot decode (saying why).
+LIBRARY_PARAMS = [
+    pytest.param(lib, marks=pytest.mark.skipif(unavailable(lib) is not None, reason=str(unavailable(lib))))
+    for lib in LIBRARIES
+]
 
 
 # An image at least twice the resize size of a 32 px model (37 px): the CPU path drafts it, the batch path does not.
@@ -141,14 +146,27 @@ def test_batch_path_on_cpu_tensors_matches_the_pil_path(mixed, geometry):
             _within(fast, reference, what=path.name)
 
 
-def test_the_cpu_decoders_give_pils_pixels(mixed):
-    """Before any resize: libjpeg-turbo through torchvision and PIL decode JPEGs to the same RGB pixels, upright."""
+@pytest.mark.parametrize("library", LIBRARY_PARAMS)
+def test_the_cpu_decoders_give_pils_pixels(mixed, library):
+    """Before any resize: libjpeg-turbo through each library and PIL decode JPEGs to the same RGB pixels, upright."""
     for path in mixed:
         info = jpeg_info(path.read_bytes())
         if info is None:
             continue
-        x = orient(decode._decode_jpegs([path.read_bytes()], CPU)[0], info.orientation)
+        x = decode_upright([path.read_bytes()], [info.orientation], CPU, library)[0]
         assert torch.equal(x, decode.pil_to_tensor(load_image(path))), path.name
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:3], ids=lambda g: f"{g.image_size}-{g.interpolation}")
+@pytest.mark.parametrize("library", LIBRARY_PARAMS)
+def test_each_library_matches_the_pil_path(mixed, geometry, library):
+    """Whichever library decodes, the crops are PIL's within TOLERANCE, through one image and through a batch."""
+    out = decode_batch([str(p) for p in mixed], [read_file(str(p)) for p in mixed], geometry, CPU, library=library)
+    for path, batched in zip(mixed, out):
+        reference = _pil_path(path, geometry)
+        _within(decode_cpu(path, geometry, library), reference, what=path.name)
+        if not _drafted(path, geometry):
+            _within(batched, reference, what=path.name)
 
 
 def test_what_the_fast_decoders_take(mixed, tmp_path):
@@ -171,8 +189,10 @@ def test_what_the_fast_decoders_take(mixed, tmp_path):
     assert jpeg_info(b"") is None and jpeg_info(b"\xff\xd8\xff\xd9") is None
 
 
+@pytest.mark.parametrize("library", LIBRARY_PARAMS)
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_as_pil_applies_it(tmp_path, orientation):
+def test_exif_orientation_as_pil_applies_it(tmp_path, orientation, library):
+    """Exactly once whatever the library: one that turns the image itself (TorchCodec) is not turned again."""
     path = _save(_photo((60, 40), orientation), tmp_path / f"o{orientation}.jpg", quality=95, exif=_exif(orientation))
     assert jpeg_info(path.read_bytes()).orientation == orientation
     x = decode.pil_to_tensor(Image.open(path).convert("RGB"))
@@ -180,8 +200,9 @@ def test_exif_orientation_as_pil_applies_it(tmp_path, orientation):
     assert torch.equal(orient(x, orientation), upright)
     geometry = EvalGeometry(32, 0.875, True)  # the TTA square keeps the whole shorter side: any turn shows
     reference = _pil_path(path, geometry)
-    _within(decode_cpu(path, geometry), reference)
-    _within(decode_batch([str(path)], [path.read_bytes()], geometry, CPU)[0], reference)
+    _within(decode_cpu(path, geometry, library), reference)
+    _within(decode_batch([str(path)], [path.read_bytes()], geometry, CPU, library=library)[0], reference)
+    assert torch.equal(decode_upright([path.read_bytes()], [orientation], CPU, library)[0], upright)
 
 
 def test_nearest_picks_the_source_pixels_pil_picks():
@@ -268,19 +289,19 @@ def test_order_is_kept_and_bad_images_follow_the_policy(mixed, tmp_path, device)
 
 def test_a_refused_batch_is_retried_one_by_one_then_left_to_pil(mixed, monkeypatch):
     """nvJPEG refusing one file fails the whole batched call: the others are decoded one by one, that one by PIL."""
-    real = decode._decode_jpegs
+    real = decode.decode_upright
     refused = mixed[1].read_bytes()
     calls = []
 
-    def picky(datas, device):
+    def picky(datas, orientations, device, library):
         calls.append(len(datas))
         if any(d == refused for d in datas):
             raise RuntimeError("nvjpeg: unsupported")
-        return real(datas, device)
+        return real(datas, orientations, device, library)
 
     geometry = EvalGeometry(32)
     expected = decode_batch([str(p) for p in mixed], [read_file(str(p)) for p in mixed], geometry, CPU)
-    monkeypatch.setattr(decode, "_decode_jpegs", picky)
+    monkeypatch.setattr(decode, "decode_upright", picky)
     out = decode_batch([str(p) for p in mixed], [read_file(str(p)) for p in mixed], geometry, CPU)
     taken = sum(jpeg_info(p.read_bytes()) is not None for p in mixed)
     assert calls == [taken] + [1] * taken

@@ -62,7 +62,7 @@ def test_a_batch_of_unreadable_images_joins_the_step_under_ddp(tmp_path):
     assert model.training_step(empty, 0) is None and not logged
     model._trainer = SimpleNamespace(world_size=2)
     loss = model.training_step(empty, 0)
-    assert float(loss) == 0.0 and loss.requires_grad
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
