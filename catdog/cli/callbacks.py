@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from catdog.data.hf_data import data_root
 from catdog.ensemble import finalize_ensemble
 from catdog.report.build import safe_report, write_kfold_report, write_sweep_report
 from catdog.runs.layout import FOLD_PREFIX, RESULT_NAME
@@ -52,7 +53,8 @@ class SweepSummary(Callback):
                 log.warning("could not assemble the k-fold ensemble in %s: %s", sweep_dir, exc)
             else:
                 if OmegaConf.select(config, "report", default=True):
-                    safe_report("k-fold", write_kfold_report, sweep_dir, OmegaConf.select(config, "data.dir"))
+                    # with data.hf the images lie where the dataset was written out (data_root finds that folder)
+                    safe_report("k-fold", lambda: write_kfold_report(sweep_dir, data_root(config.data)))
         if write_sweep_summary(sweep_dir) is not None:
             metric = OmegaConf.select(config, "optimized_metric") or "val/logloss"
             safe_report("sweep", write_sweep_report, sweep_dir, metric)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 
+from catdog.data.hf_data import data_root
 from catdog.prediction import predict
+from catdog.report.build import write_folder_report
+from catdog.runs.layout import REPORT_HTML
 from catdog.training import train
 from tests.conftest import compose_predict, extra_marks, tiny_train_cfg
 from tests.unit.data.test_hf_data import NAMES, make_dataset, split_rows, unlabelled_rows
@@ -35,6 +38,11 @@ def test_kfold_run_predict_by_id_and_pseudo_label_from_a_saved_dataset(tmp_path)
         rows = list(csv.DictReader(f))
     assert len(rows) == 15 and {r["fold"] for r in rows} == {"0", "1"}  # the corrupt row skipped
     assert all(r["path"].startswith("train/") and r["path"] != "train/3.jpg" for r in rows)
+    written = data_root({"hf": str(tmp_path / "saved"), "cache_dir": str(tmp_path / "cache")})
+    report = (write_folder_report(run, written).parent / REPORT_HTML).read_bytes()  # catdog-report RUN DATA_DIR
+    (run / REPORT_HTML).unlink()
+    write_folder_report(run)  # catdog-report RUN: the images found through the run's recorded data.hf
+    assert (run / REPORT_HTML).read_bytes() == report and b"<img" in report
 
     out = tmp_path / "pred" / "submission.csv"
     base = [f"ckpt={run}", "num_workers=0", "device=cpu"]
