@@ -300,7 +300,7 @@ def _code(value: str) -> str:
 def _selection(cfg: ConfigFile, chosen_by: dict[str, list[str]]) -> str:
     if cfg.group is None:
         command = ENTRY_COMMANDS.get(cfg.option, f"the {cfg.option} command")
-        return f"Entry config of `{command}`."
+        return f"Read by `{command}`."
     text = f"Selected with `{cfg.group}={cfg.option}`"
     where = chosen_by.get(f"{cfg.group}={cfg.option}")
     if where:
