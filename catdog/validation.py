@@ -106,31 +106,32 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 for no limit), got {max_epochs!r}")
 
 
-def check_predict_config(cfg: DictConfig) -> None:
-    """``predict.py``: TTA, views, clipping, bad-image policy, ensembling, batch size, device, precision, decoder."""
+def _check_prediction(cfg: DictConfig) -> None:
+    """What predict.py and catdog-serve share: TTA, views, ensembling, device, precision, decoder."""
     check_tta(cfg.tta)
     check_view_set(cfg.get("tta_views", "zoom"))
+    check_ensemble_mode(cfg.get("ensemble", "prob"))
+    autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
+    check_decoder(cfg.get("decoder", "auto"))
+
+
+def check_predict_config(cfg: DictConfig) -> None:
+    """``predict.py``: TTA, views, clipping, bad-image policy, ensembling, batch size, device, precision, decoder."""
+    _check_prediction(cfg)
     clip_bounds(cfg.clip)
     check_policy(cfg.on_bad_image, "on_bad_image")
-    check_ensemble_mode(cfg.get("ensemble", "prob"))
     check_blend(cfg.get("blend", "mean"))
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
-    autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
-    check_decoder(cfg.get("decoder", "auto"))
     check_outside_dir(OmegaConf.select(cfg, "data.csv_outside_dir", default=False))
     check_hf_input(cfg.get("input"), plain(OmegaConf.select(cfg, "data.hf_columns")))
 
 
 def check_serve_config(cfg: DictConfig) -> None:
     """``catdog-serve``: TTA, views, ensembling, calibration, device, precision, decoder and the ``serve`` block."""
-    check_tta(cfg.tta)
-    check_view_set(cfg.get("tta_views", "zoom"))
-    check_ensemble_mode(cfg.get("ensemble", "prob"))
+    _check_prediction(cfg)
     if not isinstance(cfg.get("calibrate", True), bool):
         raise ConfigError(f"calibrate must be true or false, got {cfg.get('calibrate')!r}")
-    autocast_dtype(str(cfg.get("precision", "auto")), resolve_device(cfg.device))
-    check_decoder(cfg.get("decoder", "auto"))
     check_serve_settings(plain(cfg.get("serve")))
 
 

@@ -58,6 +58,8 @@ from catdog.progress import Periodic
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: data.cache_dir when null (relative to where the command runs).
+DEFAULT_CACHE_DIR = os.path.join("outputs", ".cache")
 DATA_SUFFIX = ".u8"
 INDEX_SUFFIX = ".index.npz"
 

@@ -135,7 +135,8 @@ def _image_paths(
     return paths
 
 
-def _sorted_classes(labels: list[str]) -> list[str]:
+def sorted_classes(labels: list[str]) -> list[str]:
+    """The distinct label values sorted, integers as numbers (``2`` before ``10``)."""
     found = set(labels)
     if all(v.lstrip("-").isdigit() for v in found):
         return sorted(found, key=int)
@@ -159,7 +160,7 @@ def read_csv_dataset(
     if empty:
         raise _where(path, cols["label"], empty, "have no label")
     if classes is None:
-        classes = _sorted_classes(labels)
+        classes = sorted_classes(labels)
         if len(classes) < 2:
             raise DatasetError(
                 f"{path}, column {cols['label']!r}: only one class ({classes[0]!r}); a classifier needs two"

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from catdog.data.cache import DecodedCache, open_cache
+from catdog.data.cache import DEFAULT_CACHE_DIR, DecodedCache, open_cache
 from catdog.data.csv_data import check_csv_config, check_user_folds, check_user_split, read_csv_dataset
 from catdog.data.demo import make_demo_dataset
 from catdog.data.device_augment import BatchAugment
@@ -26,7 +26,7 @@ from catdog.data.device_store import (
     train_store,
 )
 from catdog.data.exclude import check_exclude, excluded_paths, read_exclude
-from catdog.data.hf_data import DEFAULT_CACHE_DIR, HfDataset, check_hf_config, training_table
+from catdog.data.hf_data import HfDataset, check_hf_config, training_table
 from catdog.data.images import find_bad_images, format_bad_images, load_image
 from catdog.data.layouts import LabelledImages, detect_layout
 from catdog.data.pseudo import PseudoLabels, check_pseudo, check_teacher, load_pseudo

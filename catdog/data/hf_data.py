@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from catdog.data.csv_data import CsvDataset
+from catdog.data.cache import DEFAULT_CACHE_DIR
+from catdog.data.csv_data import CsvDataset, sorted_classes
 from catdog.data.layouts import LabelledImages
 from catdog.errors import ConfigError, DatasetError, check_known_keys
 
@@ -49,8 +50,6 @@ INSTALL = 'pip install -e ".[hf]"'
 #: The version of the written folder's layout (part of its key: a new layout is written anew).
 FORMAT = 1
 ROWS_NAME = "rows.json"
-#: data.cache_dir when null.
-DEFAULT_CACHE_DIR = os.path.join("outputs", ".cache")
 #: Ids that can name a file: they become the file names (and so the ids pseudo-labels and submissions use).
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -367,6 +366,7 @@ class HfDataset:
         self._datasets = load_hf_splits(self.source, key)
         name = f"{_slug(self.source)}-{dataset_key(self._datasets, self.columns)}"
         self.root = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / "hf" / name
+        self._written: dict[str, HfSplit] = {}  # the splits read back so far
 
     @property
     def split_names(self) -> list[str]:
@@ -379,6 +379,8 @@ class HfDataset:
 
     def split(self, name: str) -> HfSplit:
         """Split ``name``'s rows, written out first unless an earlier run did."""
+        if name in self._written:
+            return self._written[name]
         if name not in self._datasets:
             raise DatasetError(f"{self.key}={self.source} has no split {name!r} (splits: {self.split_names})")
         folder = self.root / name
@@ -390,7 +392,8 @@ class HfDataset:
                 "data.hf: writing split %r of %s (%d rows) to %s", name, self.source, len(self._datasets[name]), folder
             )
             _write_split(self._datasets[name], name, self.columns, self.source, folder)
-        return _read_split(folder)
+        self._written[name] = _read_split(folder)
+        return self._written[name]
 
     def check_column(self, split: str, which: str) -> None:
         """Split ``split`` has the column ``data.hf_columns.<which>`` names (an error naming the key and the
@@ -426,13 +429,6 @@ def _missing_labels(split: HfSplit, column: str, source: str) -> DatasetError:
     )
 
 
-def _sorted_classes(labels: list[str]) -> list[str]:
-    found = set(labels)
-    if all(v.lstrip("-").isdigit() for v in found):
-        return sorted(found, key=int)
-    return sorted(found)
-
-
 def training_table(hf: HfDataset) -> CsvDataset:
     """The labelled images of ``hf``'s train and validation splits (written out, with its test split), as a CSV's
     rows: a split column (``train`` / ``val``) when the dataset has a validation split, no folds."""
@@ -445,7 +441,7 @@ def training_table(hf: HfDataset) -> CsvDataset:
         if any(v is None for v in part.labels):
             raise _missing_labels(part, label_col, hf.source)
     labels = [v for part in parts for v in part.labels]
-    classes = train.classes or _sorted_classes(labels)
+    classes = train.classes or sorted_classes(labels)
     if len(classes) < 2:
         raise DatasetError(
             f"data.hf_columns.label: {hf.source} has only one class ({classes[0]!r}) in column {label_col!r}; a "

@@ -254,13 +254,13 @@ def unfreeze_epoch(finetune: dict) -> int | None:
     return int(head_epochs) if isinstance(head_epochs, int) and head_epochs > 0 and blocks != 0 else None
 
 
-def _data_root(folder: Path, config: dict, data_root) -> Path | None:
+def _data_root(config: dict, data_root) -> Path | None:
     """``data_root``, else where the run's images lie by its recorded config: ``data.dir``, or with ``data.hf`` the
     folder its dataset was written to (written again where it was deleted)."""
     if data_root is not None:
         return Path(data_root)
     if (config.get("data") or {}).get("hf"):
-        record = OmegaConf.load(folder / RECORD_DIR / "config.yaml")
+        record = OmegaConf.create(config)  # as recorded; data.cache_dir's interpolation resolved here
         settings = {key: OmegaConf.select(record, f"data.{key}") for key in ("hf", "cache_dir")}
         settings["hf_columns"] = OmegaConf.to_container(OmegaConf.select(record, "data.hf_columns") or {})
         return Path(hf_data_root(settings))
@@ -287,7 +287,7 @@ def write_run_report(
     """The report of a finished single run (``oof.csv``, ``result.json``, the CSV metric log)."""
     run_dir = Path(run_dir)
     config = _folder_config(run_dir)
-    root = _data_root(run_dir, config, data_root)
+    root = _data_root(config, data_root)
     if unfreeze is None:
         unfreeze = unfreeze_epoch((config.get("model") or {}).get("finetune") or {})
     result = read_json(run_dir / RESULT_NAME)
@@ -340,7 +340,7 @@ def write_kfold_report(run_dir: str | os.PathLike, data_root: str | os.PathLike 
     fold's validation log loss per epoch, and the per-fold table."""
     run_dir = Path(run_dir)
     config = _folder_config(run_dir)
-    root = _data_root(run_dir, config, data_root)
+    root = _data_root(config, data_root)
     manifest = read_json(run_dir / MANIFEST_NAME)
     rows, probs, targets, classes, names, paths = _oof(run_dir, root)
     # Each fold's rows scaled with the temperature fitted on the other folds (older runs: their own, in-sample).
